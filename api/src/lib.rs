@@ -1,0 +1,1 @@
+//! Serialized types at Flotilla API boundaries.

@@ -1,0 +1,1 @@
+//! Flotilla node container runtime.
