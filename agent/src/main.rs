@@ -1,1 +1,439 @@
-fn main() {}
+//! flotilla-agent: the node agent daemon (`serve`) and node-local debugging
+//! subcommands that talk to it over its unix socket.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use flotilla_agent::client::Client;
+use flotilla_agent::spec::parse_bytes;
+use flotilla_api::{
+    ContainerInfo, ContainerRequest, ExecRequest, ExecResult, ExitStatus, ResourceSpec, UserSpec,
+};
+use hyper::Method;
+
+const DEFAULT_SOCKET: &str = "/run/flotilla/agent.sock";
+const DEFAULT_ROOT: &str = "/var/lib/flotilla";
+
+#[derive(Parser)]
+#[command(name = "flotilla-agent", version, about = "Flotilla node agent")]
+struct Cli {
+    /// The agent's API socket.
+    #[arg(long, global = true, env = "FLOTILLA_AGENT_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent daemon.
+    Serve {
+        /// State directory (containers, logs, rootfs upper layers).
+        #[arg(long, env = "FLOTILLA_ROOT", default_value = DEFAULT_ROOT)]
+        root: PathBuf,
+        /// Parent cgroup for every container.
+        #[arg(long, default_value = "flotilla")]
+        cgroup_parent: String,
+        /// Number of pre-started container shims.
+        #[arg(long, default_value_t = 2)]
+        pool: usize,
+    },
+    /// Create and start a container.
+    Run(RunArgs),
+    /// List containers.
+    Ps {
+        #[arg(short = 'o', long, default_value = "table")]
+        output: String,
+    },
+    /// Show one container as JSON.
+    Inspect { name: String },
+    /// Start a created container.
+    Start { name: String },
+    /// Stop: SIGTERM, then SIGKILL after the grace period.
+    Stop {
+        name: String,
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
+    },
+    /// Send a signal.
+    Kill {
+        name: String,
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+    },
+    /// Remove a container.
+    Rm {
+        name: String,
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Print a container's output.
+    Logs {
+        name: String,
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// Run a command in a running container.
+    Exec {
+        name: String,
+        #[arg(short, long)]
+        env: Vec<String>,
+        #[arg(short = 'w', long)]
+        workdir: Option<String>,
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Resource usage of a container.
+    Stats { name: String },
+    /// Wait for a container to exit and print its exit status.
+    Wait { name: String },
+    /// Start an agent on a scratch directory, run a container and show it working.
+    Demo,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[arg(long)]
+    name: Option<String>,
+    /// Root filesystem directory (repeat for overlay layers, top-most first).
+    #[arg(long, required = true)]
+    rootfs: Vec<String>,
+    #[arg(short, long)]
+    env: Vec<String>,
+    #[arg(short = 'w', long)]
+    workdir: Option<String>,
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Memory limit, e.g. 64m.
+    #[arg(short, long)]
+    memory: Option<String>,
+    /// CPU limit in cores, e.g. 0.5.
+    #[arg(long)]
+    cpus: Option<f64>,
+    #[arg(long)]
+    cpu_shares: Option<u64>,
+    #[arg(long)]
+    pids_limit: Option<i64>,
+    /// uid:gid to run as.
+    #[arg(short, long)]
+    user: Option<String>,
+    #[arg(long)]
+    read_only: bool,
+    /// Return once started instead of following output until exit.
+    #[arg(short, long)]
+    detach: bool,
+    /// Remove the container after it exits.
+    #[arg(long)]
+    rm: bool,
+    #[arg(trailing_var_arg = true, required = true)]
+    command: Vec<String>,
+}
+
+fn main() {
+    flotilla_runtime::shim::maybe_run_shim();
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(real_main(cli)) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn shim_path() -> PathBuf {
+    let me = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    let sibling = me.with_file_name("flotilla-shim");
+    if sibling.exists() {
+        sibling
+    } else {
+        me
+    }
+}
+
+fn runtime_for(
+    root: PathBuf,
+    cgroup_parent: String,
+    pool: usize,
+) -> Result<flotilla_runtime::runtime::Runtime> {
+    let mut cfg = flotilla_runtime::runtime::RuntimeConfig::new(root.join("runtime"), shim_path());
+    cfg.cgroup_parent = cgroup_parent;
+    cfg.pool_size = pool;
+    flotilla_runtime::runtime::Runtime::new(cfg).context("starting the container runtime")
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("signal handler");
+    let mut int = signal(SignalKind::interrupt()).expect("signal handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+async fn real_main(cli: Cli) -> Result<i32> {
+    let c = Client::new(&cli.socket);
+    match cli.cmd {
+        Cmd::Serve {
+            root,
+            cgroup_parent,
+            pool,
+        } => {
+            let rt = runtime_for(root, cgroup_parent, pool)?;
+            tracing::info!(socket = %cli.socket.display(), mode = ?rt.cgroup_mode(), "agent serving");
+            flotilla_agent::server::serve(rt, &cli.socket, shutdown_signal()).await?;
+            Ok(0)
+        }
+        Cmd::Run(a) => run(&c, a).await,
+        Cmd::Ps { output } => {
+            let v: Vec<ContainerInfo> = c.call(Method::GET, "/v1/containers", None).await?;
+            match output.as_str() {
+                "json" => println!("{}", serde_json::to_string_pretty(&v)?),
+                "table" => {
+                    println!(
+                        "{:<24} {:<9} {:>8}  {:<10} COMMAND",
+                        "NAME", "STATUS", "PID", "EXIT"
+                    );
+                    for i in v {
+                        let exit = i.exit.as_ref().map(describe_exit).unwrap_or_default();
+                        println!(
+                            "{:<24} {:<9} {:>8}  {:<10} {}",
+                            i.name,
+                            i.status,
+                            i.pid,
+                            exit,
+                            i.command.join(" ")
+                        );
+                    }
+                }
+                o => bail!("-o: unknown output format {o:?} (use table or json)"),
+            }
+            Ok(0)
+        }
+        Cmd::Inspect { name } => {
+            let v: ContainerInfo = c
+                .call(Method::GET, &format!("/v1/containers/{name}"), None)
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(0)
+        }
+        Cmd::Start { name } => {
+            c.call_raw(Method::POST, &format!("/v1/containers/{name}/start"), None)
+                .await?;
+            Ok(0)
+        }
+        Cmd::Stop { name, time } => {
+            let e: ExitStatus = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/containers/{name}/stop?timeout={time}"),
+                    None,
+                )
+                .await?;
+            println!("{name} stopped: {}", describe_exit(&e));
+            Ok(0)
+        }
+        Cmd::Kill { name, signal } => {
+            c.call_raw(
+                Method::POST,
+                &format!("/v1/containers/{name}/kill?signal={signal}"),
+                None,
+            )
+            .await?;
+            Ok(0)
+        }
+        Cmd::Rm { name, force } => {
+            c.call_raw(
+                Method::DELETE,
+                &format!("/v1/containers/{name}?force={force}"),
+                None,
+            )
+            .await?;
+            Ok(0)
+        }
+        Cmd::Logs { name, follow, tail } => {
+            let mut path = format!("/v1/containers/{name}/logs?follow={follow}");
+            if let Some(t) = tail {
+                path.push_str(&format!("&tail={t}"));
+            }
+            print_stream(&c, &path).await?;
+            Ok(0)
+        }
+        Cmd::Exec {
+            name,
+            env,
+            workdir,
+            command,
+        } => {
+            let req = ExecRequest {
+                command,
+                env,
+                cwd: workdir,
+                user: None,
+            };
+            let r: ExecResult = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/containers/{name}/exec"),
+                    Some(serde_json::to_vec(&req)?),
+                )
+                .await?;
+            print!("{}", r.stdout);
+            eprint!("{}", r.stderr);
+            Ok(r.exit_code)
+        }
+        Cmd::Stats { name } => {
+            let u: flotilla_api::Usage = c
+                .call(Method::GET, &format!("/v1/containers/{name}/stats"), None)
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&u)?);
+            Ok(0)
+        }
+        Cmd::Wait { name } => {
+            let e: ExitStatus = c
+                .call(Method::POST, &format!("/v1/containers/{name}/wait"), None)
+                .await?;
+            println!("{}", describe_exit(&e));
+            Ok(exit_code(&e))
+        }
+        Cmd::Demo => flotilla_agent::demo::run().await,
+    }
+}
+
+fn describe_exit(e: &ExitStatus) -> String {
+    let mut s = match (e.exit_code, e.signal) {
+        (Some(c), _) => format!("exit {c}"),
+        (None, Some(sig)) => format!("signal {sig}"),
+        _ => "unknown".into(),
+    };
+    if e.oom_killed {
+        s.push_str(" (oom-killed)");
+    }
+    s
+}
+
+fn exit_code(e: &ExitStatus) -> i32 {
+    e.exit_code.unwrap_or_else(|| 128 + e.signal.unwrap_or(0))
+}
+
+async fn print_stream(c: &Client, path: &str) -> Result<()> {
+    use http_body_util::BodyExt;
+    let resp = c.send(Method::GET, path, None).await?;
+    if !resp.status().is_success() {
+        let b = resp.into_body().collect().await?.to_bytes();
+        let detail = serde_json::from_slice::<flotilla_api::Problem>(&b)
+            .map(|p| p.detail)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&b).into_owned());
+        bail!("{detail}");
+    }
+    let mut body = resp.into_body();
+    let mut out = std::io::stdout();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            out.write_all(&data)?;
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+async fn run(c: &Client, a: RunArgs) -> Result<i32> {
+    let name = a.name.unwrap_or_else(|| {
+        format!(
+            "c-{:x}",
+            std::process::id() as u64 * 7919 + now_nanos() % 100_000
+        )
+    });
+    let user = match a.user {
+        Some(u) => {
+            let (uid, gid) = u.split_once(':').unwrap_or((&u, &u));
+            Some(UserSpec {
+                uid: uid
+                    .parse()
+                    .with_context(|| format!("--user: {uid:?} is not a uid"))?,
+                gid: gid
+                    .parse()
+                    .with_context(|| format!("--user: {gid:?} is not a gid"))?,
+            })
+        }
+        None => None,
+    };
+    let cpu_millis = match a.cpus {
+        Some(c) if c.is_finite() && c > 0.0 => Some((c * 1000.0).round() as u64),
+        Some(c) => bail!("--cpus: must be a positive number of cores, got {c}"),
+        None => None,
+    };
+    let memory_bytes = a
+        .memory
+        .as_deref()
+        .map(parse_bytes)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--memory: {e}"))?;
+    let req = ContainerRequest {
+        name: name.clone(),
+        rootfs: a.rootfs,
+        command: a.command,
+        env: a.env,
+        cwd: a.workdir,
+        hostname: a.hostname,
+        user,
+        resources: ResourceSpec {
+            memory_bytes,
+            cpu_millis,
+            cpu_shares: a.cpu_shares,
+            pids: a.pids_limit,
+        },
+        read_only_root: a.read_only,
+        start: true,
+        ..Default::default()
+    };
+    let _info: ContainerInfo = c
+        .call(
+            Method::POST,
+            "/v1/containers",
+            Some(serde_json::to_vec(&req)?),
+        )
+        .await?;
+    if a.detach {
+        println!("{name}");
+        return Ok(0);
+    }
+    print_stream(c, &format!("/v1/containers/{name}/logs?follow=true")).await?;
+    let e: ExitStatus = c
+        .call(Method::POST, &format!("/v1/containers/{name}/wait"), None)
+        .await?;
+    if a.rm {
+        c.call_raw(
+            Method::DELETE,
+            &format!("/v1/containers/{name}?force=true"),
+            None,
+        )
+        .await?;
+    }
+    if e.oom_killed {
+        eprintln!("{name}: killed by the out-of-memory killer");
+    }
+    Ok(exit_code(&e))
+}
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,421 @@
+//! The agent's node-local API: HTTP/JSON over a unix socket (root only,
+//! mode 0600). Every runtime call runs on tokio's blocking pool.
+
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use flotilla_api::{ContainerInfo, ContainerRequest, ExecRequest, ExecResult, ExitStatus, Problem};
+use flotilla_runtime::runtime::{ContainerState, ExecOptions, Runtime, RuntimeError};
+use flotilla_runtime::shim::ExitInfo;
+use serde::Deserialize;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub rt: Runtime,
+}
+
+pub struct ApiError {
+    status: StatusCode,
+    detail: String,
+}
+
+impl ApiError {
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl From<RuntimeError> for ApiError {
+    fn from(e: RuntimeError) -> Self {
+        let status = match &e {
+            RuntimeError::Config(_) | RuntimeError::Rootfs(_) | RuntimeError::Create { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            RuntimeError::AlreadyExists(_) | RuntimeError::WrongState { .. } => {
+                StatusCode::CONFLICT
+            }
+            RuntimeError::NotFound(_) => StatusCode::NOT_FOUND,
+            RuntimeError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            RuntimeError::Io { .. } | RuntimeError::Cgroup(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let mut detail = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            detail.push_str(": ");
+            detail.push_str(&s.to_string());
+            src = s.source();
+        }
+        ApiError { status, detail }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let p = Problem {
+            kind: "about:blank".into(),
+            title: self
+                .status
+                .canonical_reason()
+                .unwrap_or("error")
+                .to_string(),
+            status: self.status.as_u16(),
+            detail: self.detail,
+        };
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            serde_json::to_string(&p).unwrap_or_default(),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RuntimeError> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            detail: format!("task failed: {e}"),
+        })?
+        .map_err(ApiError::from)
+}
+
+pub fn exit_status(e: &ExitInfo) -> ExitStatus {
+    ExitStatus {
+        exit_code: e.exit_code,
+        signal: e.signal,
+        oom_killed: e.oom_killed,
+        finished_at_ms: e.finished_at_ms,
+    }
+}
+
+pub fn info(st: &ContainerState) -> ContainerInfo {
+    let r = &st.record;
+    ContainerInfo {
+        name: r.id.clone(),
+        status: st.status.to_string(),
+        pid: r.init_pid,
+        command: r.config.process.args.clone(),
+        created_at_ms: r.created_at_ms,
+        started_at_ms: r.started_at_ms,
+        exit: st.exit.as_ref().map(exit_status),
+        cgroup: r.cgroup.rel_path().display().to_string(),
+        netns: r.netns_path.as_ref().map(|p| p.display().to_string()),
+        labels: r.labels.clone(),
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/containers", get(list).post(create))
+        .route("/v1/containers/{id}", get(inspect).delete(remove))
+        .route("/v1/containers/{id}/start", post(start))
+        .route("/v1/containers/{id}/stop", post(stop))
+        .route("/v1/containers/{id}/kill", post(kill))
+        .route("/v1/containers/{id}/wait", post(wait))
+        .route("/v1/containers/{id}/logs", get(logs))
+        .route("/v1/containers/{id}/exec", post(exec))
+        .route("/v1/containers/{id}/stats", get(stats))
+        .route("/v1/node", get(node))
+        .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
+        .with_state(Arc::new(state))
+}
+
+type S = State<Arc<AppState>>;
+
+async fn list(State(s): S) -> ApiResult<Json<Vec<ContainerInfo>>> {
+    let rt = s.rt.clone();
+    let v = blocking(move || rt.list()).await?;
+    Ok(Json(v.iter().map(info).collect()))
+}
+
+/// Parse the body ourselves so malformed JSON gets a problem body naming
+/// what is wrong instead of axum's plain-text rejection.
+fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
+}
+
+async fn create(State(s): S, body: Bytes) -> ApiResult<(StatusCode, Json<ContainerInfo>)> {
+    let req: ContainerRequest = parse_json(&body)?;
+    let opts =
+        crate::spec::to_create_options(&req).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let rt = s.rt.clone();
+    let start = req.start;
+    let st = blocking(move || if start { rt.run(opts) } else { rt.create(opts) }).await?;
+    tracing::info!(container = %st.record.id, pid = st.record.init_pid, started = start, "container created");
+    Ok((StatusCode::CREATED, Json(info(&st))))
+}
+
+async fn inspect(State(s): S, UrlPath(id): UrlPath<String>) -> ApiResult<Json<ContainerInfo>> {
+    let rt = s.rt.clone();
+    let st = blocking(move || rt.state(&id)).await?;
+    Ok(Json(info(&st)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForceQ {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn remove(
+    State(s): S,
+    UrlPath(id): UrlPath<String>,
+    Query(q): Query<ForceQ>,
+) -> ApiResult<StatusCode> {
+    let rt = s.rt.clone();
+    blocking(move || rt.delete(&id, q.force)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn start(State(s): S, UrlPath(id): UrlPath<String>) -> ApiResult<StatusCode> {
+    let rt = s.rt.clone();
+    blocking(move || rt.start(&id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StopQ {
+    /// Grace period in seconds before SIGKILL.
+    timeout: Option<u64>,
+}
+
+async fn stop(
+    State(s): S,
+    UrlPath(id): UrlPath<String>,
+    Query(q): Query<StopQ>,
+) -> ApiResult<Json<ExitStatus>> {
+    let rt = s.rt.clone();
+    let grace = Duration::from_secs(q.timeout.unwrap_or(10).min(3600));
+    let e = blocking(move || rt.stop(&id, grace)).await?;
+    Ok(Json(exit_status(&e)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KillQ {
+    signal: Option<String>,
+}
+
+pub fn parse_signal(s: &str) -> Option<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let name = s.to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    Some(match name {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "STOP" => libc::SIGSTOP,
+        "CONT" => libc::SIGCONT,
+        "WINCH" => libc::SIGWINCH,
+        _ => return None,
+    })
+}
+
+async fn kill(
+    State(s): S,
+    UrlPath(id): UrlPath<String>,
+    Query(q): Query<KillQ>,
+) -> ApiResult<StatusCode> {
+    let sig_s = q.signal.unwrap_or_else(|| "TERM".into());
+    let sig = parse_signal(&sig_s)
+        .ok_or_else(|| ApiError::bad_request(format!("signal: unknown signal {sig_s:?}")))?;
+    let rt = s.rt.clone();
+    blocking(move || rt.kill(&id, sig)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn wait(State(s): S, UrlPath(id): UrlPath<String>) -> ApiResult<Json<ExitStatus>> {
+    let rt = s.rt.clone();
+    let e = blocking(move || rt.wait(&id, None)).await?;
+    Ok(Json(exit_status(&e)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQ {
+    #[serde(default)]
+    follow: bool,
+    tail: Option<usize>,
+}
+
+async fn logs(
+    State(s): S,
+    UrlPath(id): UrlPath<String>,
+    Query(q): Query<LogsQ>,
+) -> ApiResult<Response> {
+    let rt = s.rt.clone();
+    let id2 = id.clone();
+    let path: PathBuf = blocking(move || rt.log_path(&id2)).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let rt = s.rt.clone();
+    tokio::task::spawn_blocking(move || stream_logs(&rt, &id, &path, q.follow, q.tail, tx));
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+fn stream_logs(
+    rt: &Runtime,
+    id: &str,
+    path: &Path,
+    follow: bool,
+    tail: Option<usize>,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+) {
+    use flotilla_runtime::logs;
+    let to_bytes = |e: &logs::LogEntry| {
+        let mut b = e.content.clone().into_bytes();
+        if !e.partial {
+            b.push(b'\n');
+        }
+        Bytes::from(b)
+    };
+    if !follow {
+        if let Ok(entries) = logs::read_all(path, tail) {
+            for e in &entries {
+                if tx.blocking_send(to_bytes(e)).is_err() {
+                    return;
+                }
+            }
+        }
+        return;
+    }
+    let stopped = || {
+        tx.is_closed()
+            || rt
+                .state(id)
+                .map(|s| s.status == flotilla_runtime::runtime::Status::Stopped)
+                .unwrap_or(true)
+    };
+    let _ = logs::follow(path, tail, stopped, |e| {
+        tx.blocking_send(to_bytes(&e)).is_ok()
+    });
+}
+
+async fn exec(
+    State(s): S,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult<Json<ExecResult>> {
+    let req: ExecRequest = parse_json(&body)?;
+    let opts = ExecOptions {
+        args: req.command,
+        env: req.env,
+        cwd: req.cwd.map(PathBuf::from),
+        uid: req.user.map(|u| u.uid),
+        gid: req.user.map(|u| u.gid),
+    };
+    let rt = s.rt.clone();
+    let cmd = blocking(move || rt.exec_command(&id, &opts)).await?;
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let out = cmd.output().await.map_err(|e| ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        detail: format!("starting exec helper: {e}"),
+    })?;
+    let code = out.status.code().unwrap_or_else(|| {
+        128 + std::os::unix::process::ExitStatusExt::signal(&out.status).unwrap_or(0)
+    });
+    Ok(Json(ExecResult {
+        exit_code: code,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }))
+}
+
+async fn stats(State(s): S, UrlPath(id): UrlPath<String>) -> ApiResult<Json<flotilla_api::Usage>> {
+    let rt = s.rt.clone();
+    let u = blocking(move || rt.stats(&id)).await?;
+    Ok(Json(flotilla_api::Usage {
+        memory_bytes: u.memory_bytes,
+        memory_peak_bytes: u.memory_peak_bytes,
+        cpu_usage_ns: u.cpu_usage_ns,
+        pids: u.pids,
+    }))
+}
+
+async fn node(State(s): S) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "cgroupMode": format!("{:?}", s.rt.cgroup_mode()),
+        "root": s.rt.config().root.display().to_string(),
+    }))
+}
+
+/// Serve the API on a unix socket until `shutdown` resolves.
+pub async fn serve(
+    rt: Runtime,
+    socket: &Path,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if let Some(d) = socket.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    // A stale socket from a killed agent would make bind fail.
+    if socket.exists() {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            anyhow::bail!("another agent is already serving on {}", socket.display());
+        }
+        std::fs::remove_file(socket)
+            .with_context(|| format!("removing stale {}", socket.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(socket)
+        .with_context(|| format!("binding {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let removed = rt.cleanup_incomplete();
+    for id in removed {
+        tracing::warn!(container = %id, "removed a container whose create never finished");
+    }
+    let rt2 = rt.clone();
+    let adopted = tokio::task::spawn_blocking(move || rt2.list()).await??;
+    for c in &adopted {
+        tracing::info!(container = %c.record.id, status = %c.status, pid = c.record.init_pid, "adopted");
+    }
+    // Reap shims of containers that exit while nobody asks about them.
+    let rt3 = rt.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let rt = rt3.clone();
+            let _ = tokio::task::spawn_blocking(move || rt.list()).await;
+        }
+    });
+    axum::serve(listener, router(AppState { rt: rt.clone() }))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    let _ = std::fs::remove_file(socket);
+    rt.shutdown();
+    Ok(())
+}

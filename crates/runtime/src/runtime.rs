@@ -1,0 +1,1067 @@
+//! The runtime API the agent calls: create, start, kill, stop, wait, delete,
+//! list, exec. Blocking calls; the agent runs them on its blocking pool.
+//!
+//! On-disk layout under `root` (state survives agent restarts):
+//!
+//! ```text
+//! containers/<id>/state.json   ContainerRecord, written atomically
+//!                 exit.json    ExitInfo, written by the shim when init exits
+//!                 exec.fifo    present between create and start
+//!                 rootfs/      overlay mount (lower: image, upper/work below)
+//!                 upper/ work/ container.log* shim.log
+//! netns/<id>                   bind mount of the container's network namespace
+//! ```
+
+use std::collections::{HashSet, VecDeque};
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cgroups::{Cgroup, CgroupLayout, CgroupMode, Usage};
+use crate::config::{self, ContainerConfig, NsKind};
+use crate::exec::ExecRequest;
+use crate::init::CgroupFs;
+use crate::logs::LogConfig;
+use crate::shim::{
+    self, CreateRequest, CreateResponse, ExitInfo, ZygoteArgs, EXIT_FILE, FIFO_FILE, LOG_FILE,
+    SHIM_ARG,
+};
+use crate::sys;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("container {0:?} already exists")]
+    AlreadyExists(String),
+    #[error("container {0:?} not found")]
+    NotFound(String),
+    #[error("container {id:?} is {status}, {wanted}")]
+    WrongState {
+        id: String,
+        status: Status,
+        wanted: &'static str,
+    },
+    #[error("rootfs: {0}")]
+    Rootfs(String),
+    #[error("creating container {id:?}: {msg}")]
+    Create { id: String, msg: String },
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroups::CgroupError),
+    #[error("timed out after {0:?} waiting for the container to exit")]
+    Timeout(Duration),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    let what = what.into();
+    move |source| RuntimeError::Io { what, source }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Created,
+    Running,
+    Stopped,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Stopped => "stopped",
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub root: PathBuf,
+    /// Parent of every cgroup we create, relative to each hierarchy's root.
+    pub cgroup_parent: String,
+    /// A binary whose `main` calls `shim::maybe_run_shim()` first.
+    pub shim: PathBuf,
+    /// Zygotes kept ready (0 disables the pool).
+    pub pool_size: usize,
+    pub log: LogConfig,
+    pub netns_dir: PathBuf,
+}
+
+impl RuntimeConfig {
+    pub fn new(root: impl Into<PathBuf>, shim: impl Into<PathBuf>) -> Self {
+        let root = root.into();
+        RuntimeConfig {
+            netns_dir: root.join("netns"),
+            root,
+            cgroup_parent: "flotilla".into(),
+            shim: shim.into(),
+            pool_size: 2,
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// Persisted description of one container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub created_at_ms: u64,
+    pub started_at_ms: Option<u64>,
+    pub lower_dirs: Vec<PathBuf>,
+    pub rootfs: PathBuf,
+    pub config: ContainerConfig,
+    pub cgroup: Cgroup,
+    pub netns_path: Option<PathBuf>,
+    pub init_pid: i32,
+    pub init_start: u64,
+    pub shim_pid: i32,
+    pub shim_start: u64,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// A record plus what is true about it right now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerState {
+    pub record: ContainerRecord,
+    pub status: Status,
+    pub exit: Option<ExitInfo>,
+}
+
+pub struct CreateOptions {
+    pub id: String,
+    /// Read-only lower directories, top-most first (overlayfs order).
+    pub lower_dirs: Vec<PathBuf>,
+    pub spec: oci_spec::runtime::Spec,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExecOptions {
+    pub args: Vec<String>,
+    /// Extra KEY=VALUE entries on top of the container's environment.
+    pub env: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+struct Zygote {
+    child: std::process::Child,
+    sock: UnixStream,
+    /// v1: the cgroup it sits in, which becomes the container's.
+    cgroup: Option<Cgroup>,
+}
+
+struct Inner {
+    cfg: RuntimeConfig,
+    layout: CgroupLayout,
+    pool: Mutex<VecDeque<Zygote>>,
+    /// Shims that are our children, reaped when they exit.
+    children: Mutex<HashSet<i32>>,
+    refilling: Mutex<bool>,
+}
+
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+fn rand_suffix() -> String {
+    use rand::Rng;
+    let mut r = rand::rng();
+    (0..10)
+        .map(|_| {
+            let v: u8 = r.random_range(0..36);
+            (if v < 10 { b'0' + v } else { b'a' + v - 10 }) as char
+        })
+        .collect()
+}
+
+impl Runtime {
+    pub fn new(cfg: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let layout = CgroupLayout::detect()?;
+        Self::with_layout(cfg, layout)
+    }
+
+    pub fn with_layout(cfg: RuntimeConfig, layout: CgroupLayout) -> Result<Self, RuntimeError> {
+        for d in [cfg.root.join("containers"), cfg.netns_dir.clone()] {
+            std::fs::create_dir_all(&d).map_err(io_err(format!("creating {}", d.display())))?;
+        }
+        if !cfg.shim.exists() {
+            return Err(RuntimeError::Io {
+                what: format!("shim binary {}", cfg.shim.display()),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+        let rt = Runtime {
+            inner: Arc::new(Inner {
+                cfg,
+                layout,
+                pool: Mutex::new(VecDeque::new()),
+                children: Mutex::new(HashSet::new()),
+                refilling: Mutex::new(false),
+            }),
+        };
+        rt.shim_cgroup().create()?;
+        rt.remove_stale_pool_cgroups();
+        rt.refill_pool_async();
+        Ok(rt)
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.cfg
+    }
+
+    pub fn cgroup_mode(&self) -> CgroupMode {
+        self.inner.layout.mode()
+    }
+
+    fn v1(&self) -> bool {
+        self.inner.layout.mode() != CgroupMode::V2
+    }
+
+    fn shim_cgroup(&self) -> Cgroup {
+        Cgroup::new(
+            self.inner.layout.clone(),
+            format!("{}/shims", self.inner.cfg.cgroup_parent),
+        )
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.inner.cfg.root.join("containers").join(id)
+    }
+
+    /// Pool cgroups left by a previous agent whose zygotes have since exited.
+    fn remove_stale_pool_cgroups(&self) {
+        let Some(mem) = self
+            .inner
+            .layout
+            .v1_mountpoint("memory")
+            .or_else(|| self.inner.layout.v2_mountpoint())
+            .map(Path::to_path_buf)
+        else {
+            return;
+        };
+        let parent = mem.join(&self.inner.cfg.cgroup_parent);
+        let Ok(rd) = std::fs::read_dir(&parent) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("pool-") {
+                let cg = Cgroup::new(
+                    self.inner.layout.clone(),
+                    format!("{}/{}", self.inner.cfg.cgroup_parent, name),
+                );
+                if cg.pids().map(|p| p.is_empty()).unwrap_or(false) {
+                    let _ = cg.remove();
+                }
+            }
+        }
+    }
+
+    fn spawn_zygote(&self) -> Result<Zygote, RuntimeError> {
+        let cgroup = if self.v1() {
+            let cg = Cgroup::new(
+                self.inner.layout.clone(),
+                format!("{}/pool-{}", self.inner.cfg.cgroup_parent, rand_suffix()),
+            );
+            cg.create()?;
+            cg.apply_default_devices()?;
+            Some(cg)
+        } else {
+            None
+        };
+        let args = ZygoteArgs {
+            attach: cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
+        };
+        let (ours, theirs) = UnixStream::pair().map_err(io_err("socketpair"))?;
+        let child = Command::new(&self.inner.cfg.shim)
+            .arg(SHIM_ARG)
+            .arg("zygote")
+            .arg(serde_json::to_string(&args).expect("serializable"))
+            .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                if let Some(cg) = &cgroup {
+                    let _ = cg.remove();
+                }
+                RuntimeError::Io {
+                    what: format!("starting shim {}", self.inner.cfg.shim.display()),
+                    source: e,
+                }
+            })?;
+        self.inner
+            .children
+            .lock()
+            .expect("lock")
+            .insert(child.id() as i32);
+        Ok(Zygote {
+            child,
+            sock: ours,
+            cgroup,
+        })
+    }
+
+    fn refill_pool_async(&self) {
+        if self.inner.cfg.pool_size == 0 {
+            return;
+        }
+        {
+            let mut r = self.inner.refilling.lock().expect("lock");
+            if *r {
+                return;
+            }
+            *r = true;
+        }
+        let rt = self.clone();
+        std::thread::spawn(move || {
+            loop {
+                let have = rt.inner.pool.lock().expect("lock").len();
+                if have >= rt.inner.cfg.pool_size {
+                    break;
+                }
+                match rt.spawn_zygote() {
+                    Ok(z) => rt.inner.pool.lock().expect("lock").push_back(z),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not start a zygote");
+                        break;
+                    }
+                }
+            }
+            *rt.inner.refilling.lock().expect("lock") = false;
+        });
+    }
+
+    fn take_zygote(&self) -> Result<Zygote, RuntimeError> {
+        let pooled = self.inner.pool.lock().expect("lock").pop_front();
+        self.refill_pool_async();
+        let z = match pooled {
+            Some(z) => z,
+            None => self.spawn_zygote()?,
+        };
+        // Wait for "ready": it has joined its cgroup by then.
+        z.sock
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(io_err("shim socket"))?;
+        let mut line = String::new();
+        let ok = BufReader::new(&z.sock).read_line(&mut line).is_ok() && line == "ready\n";
+        if !ok {
+            self.discard_zygote(z);
+            // One retry with a fresh zygote; a second failure is reported.
+            let z2 = self.spawn_zygote()?;
+            z2.sock
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .map_err(io_err("shim socket"))?;
+            let mut line = String::new();
+            if BufReader::new(&z2.sock).read_line(&mut line).is_err() || line != "ready\n" {
+                let code = self.discard_zygote(z2);
+                return Err(RuntimeError::Io {
+                    what: format!(
+                        "shim {} did not become ready (exit {code:?})",
+                        self.inner.cfg.shim.display()
+                    ),
+                    source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+                });
+            }
+            return Ok(z2);
+        }
+        Ok(z)
+    }
+
+    fn discard_zygote(&self, mut z: Zygote) -> Option<i32> {
+        let _ = z.child.kill();
+        let st = z.child.wait().ok().and_then(|s| s.code());
+        self.inner
+            .children
+            .lock()
+            .expect("lock")
+            .remove(&(z.child.id() as i32));
+        if let Some(cg) = z.cgroup {
+            let _ = cg.remove();
+        }
+        st
+    }
+
+    /// Reap shims that are our children and have exited.
+    fn reap(&self) {
+        let mut ch = self.inner.children.lock().expect("lock");
+        ch.retain(|&pid| {
+            // SAFETY: non-blocking wait for a specific child of ours.
+            let r = unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+            r == 0
+        });
+    }
+
+    fn cgroup_fs(&self) -> CgroupFs {
+        match self.inner.layout.mode() {
+            CgroupMode::V2 => CgroupFs::V2,
+            _ => CgroupFs::V1(v1_hierarchies()),
+        }
+    }
+
+    pub fn create(&self, opts: CreateOptions) -> Result<ContainerState, RuntimeError> {
+        config::validate_id(&opts.id)?;
+        let cfg = config::from_spec(&opts.spec)?;
+        if opts.lower_dirs.is_empty() {
+            return Err(RuntimeError::Rootfs(
+                "at least one directory is required".into(),
+            ));
+        }
+        for d in &opts.lower_dirs {
+            if !d.is_absolute() {
+                return Err(RuntimeError::Rootfs(format!(
+                    "{} is not an absolute path",
+                    d.display()
+                )));
+            }
+            match std::fs::metadata(d) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(RuntimeError::Rootfs(format!(
+                        "{} is not a directory",
+                        d.display()
+                    )))
+                }
+                Err(_) => {
+                    return Err(RuntimeError::Rootfs(format!(
+                        "{} does not exist",
+                        d.display()
+                    )))
+                }
+            }
+            if d.to_string_lossy().contains([',', ':']) {
+                return Err(RuntimeError::Rootfs(format!(
+                    "{} contains ',' or ':' which overlayfs cannot take",
+                    d.display()
+                )));
+            }
+        }
+        let dir = self.dir(&opts.id);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(RuntimeError::AlreadyExists(opts.id))
+            }
+            Err(e) => return Err(io_err(format!("creating {}", dir.display()))(e)),
+        }
+        let mut guard = CreateGuard {
+            rt: self.clone(),
+            dir: dir.clone(),
+            cgroup: None,
+            netns: None,
+            armed: true,
+        };
+        let rootfs = dir.join("rootfs");
+        for d in ["rootfs", "upper", "work"] {
+            std::fs::create_dir(dir.join(d))
+                .map_err(io_err(format!("creating {d} in {}", dir.display())))?;
+        }
+        let lower = opts
+            .lower_dirs
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(":");
+        let data = format!(
+            "lowerdir={lower},upperdir={},workdir={}",
+            dir.join("upper").display(),
+            dir.join("work").display()
+        );
+        let ov = sys::cstr("overlay").expect("static");
+        sys::mount(
+            Some(&ov),
+            &sys::cpath(&rootfs).map_err(io_err("rootfs path"))?,
+            Some(&ov),
+            0,
+            Some(&sys::cstr(&data).map_err(io_err("overlay options"))?),
+        )
+        .map_err(io_err(format!(
+            "mounting overlay rootfs at {}",
+            rootfs.display()
+        )))?;
+
+        let zyg = self.take_zygote()?;
+        let (cgroup, clone_into, move_out) = match &zyg.cgroup {
+            Some(cg) => (cg.clone(), None, self.shim_cgroup().procs_files()),
+            None => {
+                let cg = Cgroup::new(
+                    self.inner.layout.clone(),
+                    format!("{}/{}", self.inner.cfg.cgroup_parent, opts.id),
+                );
+                cg.create()?;
+                (cg.clone(), cg.v2_dir(), vec![])
+            }
+        };
+        guard.cgroup = Some(cgroup.clone());
+        cgroup.apply(&cfg.resources)?;
+        let netns_path = cfg
+            .ns(NsKind::Net)
+            .filter(|n| n.path.is_none())
+            .map(|_| self.inner.cfg.netns_dir.join(&opts.id));
+        guard.netns = netns_path.clone();
+        let req = CreateRequest {
+            id: opts.id.clone(),
+            dir: dir.clone(),
+            rootfs: rootfs.clone(),
+            config: cfg.clone(),
+            netns_path: netns_path.clone(),
+            cgroup: cgroup.clone(),
+            clone_into,
+            cgroup_fs: self.cgroup_fs(),
+            move_out,
+            log: self.inner.cfg.log,
+        };
+        let resp = self.send_create(zyg, &req, &opts.id)?;
+        let CreateResponse::Ok {
+            init_pid,
+            init_start,
+            shim_pid,
+            shim_start,
+        } = resp
+        else {
+            unreachable!("send_create maps errors")
+        };
+        let record = ContainerRecord {
+            id: opts.id.clone(),
+            created_at_ms: shim::now_ms(),
+            started_at_ms: None,
+            lower_dirs: opts.lower_dirs.clone(),
+            rootfs,
+            config: cfg,
+            cgroup,
+            netns_path,
+            init_pid,
+            init_start,
+            shim_pid,
+            shim_start,
+            labels: opts.labels,
+        };
+        if let Err(e) = shim::write_json_atomic(&dir.join("state.json"), &record) {
+            // SAFETY: killing the init we just created.
+            unsafe { libc::kill(init_pid, libc::SIGKILL) };
+            let _ = self.wait_shim_gone(shim_pid, shim_start, Duration::from_secs(5));
+            return Err(io_err("writing state.json")(e));
+        }
+        guard.armed = false;
+        tracing::debug!(id = %record.id, pid = init_pid, "container created");
+        Ok(ContainerState {
+            record,
+            status: Status::Created,
+            exit: None,
+        })
+    }
+
+    fn send_create(
+        &self,
+        mut z: Zygote,
+        req: &CreateRequest,
+        id: &str,
+    ) -> Result<CreateResponse, RuntimeError> {
+        let mut line = serde_json::to_string(req).expect("serializable");
+        line.push('\n');
+        let fail = |rt: &Runtime, z: Zygote, msg: String| {
+            rt.discard_zygote(z);
+            RuntimeError::Create {
+                id: id.to_string(),
+                msg,
+            }
+        };
+        if let Err(e) = z.sock.write_all(line.as_bytes()) {
+            return Err(fail(self, z, format!("sending request to shim: {e}")));
+        }
+        let _ = z.sock.set_read_timeout(Some(Duration::from_secs(30)));
+        let mut resp = String::new();
+        if let Err(e) = BufReader::new(&z.sock).read_line(&mut resp) {
+            return Err(fail(self, z, format!("no answer from shim: {e}")));
+        }
+        match serde_json::from_str::<CreateResponse>(&resp) {
+            Ok(CreateResponse::Ok { .. }) => Ok(serde_json::from_str(&resp).expect("parsed")),
+            Ok(CreateResponse::Err(msg)) => {
+                // The shim exits after a failed create; reap it so its cgroup empties.
+                let _ = z.child.wait();
+                self.inner
+                    .children
+                    .lock()
+                    .expect("lock")
+                    .remove(&(z.child.id() as i32));
+                Err(RuntimeError::Create {
+                    id: id.to_string(),
+                    msg,
+                })
+            }
+            Err(_) => Err(fail(self, z, "shim exited without an answer".into())),
+        }
+    }
+
+    /// Release a created container's process: it runs its command now.
+    pub fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        let st = self.state(id)?;
+        if st.status != Status::Created {
+            return Err(RuntimeError::WrongState {
+                id: id.into(),
+                status: st.status,
+                wanted: "only a created container can be started",
+            });
+        }
+        let fifo = self.dir(id).join(FIFO_FILE);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&fifo)
+            .map_err(io_err(format!("opening {}", fifo.display())))?;
+        // init opens the fifo for writing, writes one byte and moves on.
+        let mut pfd = libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // SAFETY: one valid pollfd.
+            let r = unsafe { libc::poll(&mut pfd, 1, 50) };
+            if r > 0 {
+                break;
+            }
+            if !sys::process_matches(st.record.init_pid, st.record.init_start) {
+                return Err(RuntimeError::WrongState {
+                    id: id.into(),
+                    status: Status::Stopped,
+                    wanted: "it exited before start",
+                });
+            }
+            if Instant::now() > deadline {
+                return Err(RuntimeError::Io {
+                    what: "waiting for the container init to take the start signal".into(),
+                    source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+                });
+            }
+        }
+        let _ = std::fs::remove_file(&fifo);
+        let mut rec = st.record;
+        rec.started_at_ms = Some(shim::now_ms());
+        shim::write_json_atomic(&self.dir(id).join("state.json"), &rec)
+            .map_err(io_err("writing state.json"))?;
+        Ok(())
+    }
+
+    pub fn run(&self, opts: CreateOptions) -> Result<ContainerState, RuntimeError> {
+        let id = opts.id.clone();
+        let st = self.create(opts)?;
+        if let Err(e) = self.start(&id) {
+            let _ = self.delete(&id, true);
+            return Err(e);
+        }
+        Ok(ContainerState {
+            status: Status::Running,
+            ..st
+        })
+    }
+
+    fn load(&self, id: &str) -> Result<ContainerRecord, RuntimeError> {
+        config::validate_id(id).map_err(|_| RuntimeError::NotFound(id.into()))?;
+        let p = self.dir(id).join("state.json");
+        let data = match std::fs::read(&p) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(RuntimeError::NotFound(id.into()))
+            }
+            Err(e) => return Err(io_err(format!("reading {}", p.display()))(e)),
+        };
+        serde_json::from_slice(&data).map_err(|e| RuntimeError::Io {
+            what: format!("parsing {}", p.display()),
+            source: std::io::Error::other(e),
+        })
+    }
+
+    fn read_exit(&self, id: &str) -> Option<ExitInfo> {
+        let data = std::fs::read(self.dir(id).join(EXIT_FILE)).ok()?;
+        serde_json::from_slice(&data).ok()
+    }
+
+    fn derive(&self, record: ContainerRecord) -> ContainerState {
+        self.reap();
+        if let Some(exit) = self.read_exit(&record.id) {
+            return ContainerState {
+                record,
+                status: Status::Stopped,
+                exit: Some(exit),
+            };
+        }
+        let init_alive = sys::process_matches(record.init_pid, record.init_start);
+        let shim_alive = sys::process_matches(record.shim_pid, record.shim_start);
+        let status = if init_alive {
+            if self.dir(&record.id).join(FIFO_FILE).exists() {
+                Status::Created
+            } else {
+                Status::Running
+            }
+        } else if shim_alive {
+            // init is gone and the shim is writing exit.json right now.
+            Status::Running
+        } else {
+            Status::Stopped
+        };
+        ContainerState {
+            record,
+            status,
+            exit: None,
+        }
+    }
+
+    pub fn state(&self, id: &str) -> Result<ContainerState, RuntimeError> {
+        Ok(self.derive(self.load(id)?))
+    }
+
+    /// Every container under our root, including those created before an
+    /// agent restart: they are re-adopted from their state files, never
+    /// started again. Half-created directories (no state.json) are removed.
+    pub fn list(&self) -> Result<Vec<ContainerState>, RuntimeError> {
+        let base = self.inner.cfg.root.join("containers");
+        let mut out = vec![];
+        let rd = std::fs::read_dir(&base).map_err(io_err(format!("reading {}", base.display())))?;
+        for e in rd.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            match self.load(&id) {
+                Ok(r) => out.push(self.derive(r)),
+                Err(RuntimeError::NotFound(_)) => {}
+                Err(e) => tracing::warn!(id = %id, error = %e, "unreadable container state"),
+            }
+        }
+        out.sort_by(|a, b| a.record.id.cmp(&b.record.id));
+        Ok(out)
+    }
+
+    /// Remove directories of creates that died half-way (agent killed during
+    /// create): no state.json means nothing was ever handed out.
+    pub fn cleanup_incomplete(&self) -> Vec<String> {
+        let base = self.inner.cfg.root.join("containers");
+        let mut removed = vec![];
+        let Ok(rd) = std::fs::read_dir(&base) else {
+            return removed;
+        };
+        for e in rd.flatten() {
+            let dir = e.path();
+            if !dir.join("state.json").exists() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let _ = sys::unmount_all_under(&dir);
+                if sys::remove_tree_one_fs(&dir).is_ok() {
+                    removed.push(id);
+                }
+            }
+        }
+        removed
+    }
+
+    pub fn kill(&self, id: &str, sig: i32) -> Result<(), RuntimeError> {
+        let st = self.state(id)?;
+        if st.status == Status::Stopped {
+            return Err(RuntimeError::WrongState {
+                id: id.into(),
+                status: st.status,
+                wanted: "nothing to signal",
+            });
+        }
+        let r = &st.record;
+        let fd = match sys::pidfd_open(r.init_pid) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
+            Err(e) => return Err(io_err("pidfd_open")(e)),
+        };
+        // Guard against pid reuse between load and pidfd_open.
+        if !sys::process_matches(r.init_pid, r.init_start) {
+            return Ok(());
+        }
+        match sys::pidfd_send_signal(fd.as_raw_fd(), sig) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            Err(e) => Err(io_err(format!("sending signal {sig}"))(e)),
+        }
+    }
+
+    /// Wait for the container to exit and return how it ended.
+    pub fn wait(&self, id: &str, timeout: Option<Duration>) -> Result<ExitInfo, RuntimeError> {
+        let rec = self.load(id)?;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let shim_fd = if sys::process_matches(rec.shim_pid, rec.shim_start) {
+            sys::pidfd_open(rec.shim_pid).ok()
+        } else {
+            None
+        };
+        let init_fd = sys::pidfd_open(rec.init_pid).ok();
+        loop {
+            if let Some(e) = self.read_exit(id) {
+                self.reap();
+                return Ok(e);
+            }
+            let shim_alive = sys::process_matches(rec.shim_pid, rec.shim_start);
+            let init_alive = sys::process_matches(rec.init_pid, rec.init_start);
+            if !shim_alive && !init_alive {
+                // The shim died before recording: the exit is unknown.
+                self.reap();
+                if let Some(e) = self.read_exit(id) {
+                    return Ok(e);
+                }
+                return Ok(ExitInfo {
+                    finished_at_ms: shim::now_ms(),
+                    ..Default::default()
+                });
+            }
+            let step = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(RuntimeError::Timeout(timeout.unwrap_or_default()));
+                    }
+                    left.min(Duration::from_millis(200))
+                }
+                None => Duration::from_millis(200),
+            };
+            let fd = if shim_alive {
+                shim_fd.as_ref()
+            } else {
+                init_fd.as_ref()
+            };
+            match fd {
+                Some(fd) => {
+                    let _ = sys::pidfd_wait(fd.as_raw_fd(), Some(step));
+                }
+                None => std::thread::sleep(step.min(Duration::from_millis(20))),
+            }
+        }
+    }
+
+    fn wait_shim_gone(&self, pid: i32, start: u64, t: Duration) -> bool {
+        let deadline = Instant::now() + t;
+        while sys::process_matches(pid, start) {
+            self.reap();
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.reap();
+        true
+    }
+
+    /// SIGTERM, wait up to `grace`, then SIGKILL. A PID-1 process without a
+    /// SIGTERM handler ignores SIGTERM, so the grace period then runs out.
+    pub fn stop(&self, id: &str, grace: Duration) -> Result<ExitInfo, RuntimeError> {
+        let st = self.state(id)?;
+        if st.status == Status::Stopped {
+            return self.wait(id, Some(Duration::from_secs(1)));
+        }
+        self.kill(id, libc::SIGTERM)?;
+        match self.wait(id, Some(grace)) {
+            Ok(e) => Ok(e),
+            Err(RuntimeError::Timeout(_)) => {
+                self.kill(id, libc::SIGKILL)?;
+                let _ = st.record.cgroup.kill_all(libc::SIGKILL);
+                self.wait(id, Some(Duration::from_secs(10)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Remove a stopped container (or any, with `force`): unmount first,
+    /// then remove cgroup, network namespace and state, in that order.
+    pub fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError> {
+        let st = self.state(id)?;
+        let r = &st.record;
+        if st.status != Status::Stopped {
+            if !force {
+                return Err(RuntimeError::WrongState {
+                    id: id.into(),
+                    status: st.status,
+                    wanted: "stop it first or force the delete",
+                });
+            }
+            let _ = self.kill(id, libc::SIGKILL);
+            let _ = r.cgroup.kill_all(libc::SIGKILL);
+            let _ = self.wait(id, Some(Duration::from_secs(10)));
+        }
+        // The shim may still be finishing its exit record.
+        if !self.wait_shim_gone(r.shim_pid, r.shim_start, Duration::from_secs(5)) {
+            // SAFETY: signalling the shim process we started (pid + start time checked).
+            if sys::process_matches(r.shim_pid, r.shim_start) {
+                unsafe { libc::kill(r.shim_pid, libc::SIGKILL) };
+            }
+            self.wait_shim_gone(r.shim_pid, r.shim_start, Duration::from_secs(2));
+        }
+        self.teardown(&self.dir(id), Some(&r.cgroup), r.netns_path.as_deref())
+    }
+
+    fn teardown(
+        &self,
+        dir: &Path,
+        cg: Option<&Cgroup>,
+        netns: Option<&Path>,
+    ) -> Result<(), RuntimeError> {
+        if let Some(ns) = netns {
+            if let Ok(c) = sys::cpath(ns) {
+                let _ = sys::umount2(&c, libc::MNT_DETACH);
+            }
+            let _ = std::fs::remove_file(ns);
+        }
+        let failed = sys::unmount_all_under(dir);
+        if let Some((p, e)) = failed.into_iter().next() {
+            return Err(io_err(format!("unmounting {}", p.display()))(e));
+        }
+        if let Some(cg) = cg {
+            cg.remove()?;
+        }
+        sys::remove_tree_one_fs(dir).map_err(io_err(format!("removing {}", dir.display())))
+    }
+
+    pub fn stats(&self, id: &str) -> Result<Usage, RuntimeError> {
+        Ok(self.load(id)?.cgroup.stats()?)
+    }
+
+    pub fn log_path(&self, id: &str) -> Result<PathBuf, RuntimeError> {
+        self.load(id)?;
+        Ok(self.dir(id).join(LOG_FILE))
+    }
+
+    /// A command that runs `opts.args` inside the running container. The
+    /// caller chooses stdio and spawns it (std or tokio).
+    pub fn exec_command(&self, id: &str, opts: &ExecOptions) -> Result<Command, RuntimeError> {
+        let st = self.state(id)?;
+        if st.status != Status::Running {
+            return Err(RuntimeError::WrongState {
+                id: id.into(),
+                status: st.status,
+                wanted: "exec needs a running container",
+            });
+        }
+        if opts.args.is_empty() || opts.args[0].is_empty() {
+            return Err(config::invalid("args", "must name a command").into());
+        }
+        let r = st.record;
+        let mut process = r.config.process.clone();
+        process.args = opts.args.clone();
+        for (i, e) in opts.env.iter().enumerate() {
+            let Some((k, _)) = e.split_once('=') else {
+                return Err(config::invalid(
+                    format!("env[{i}]"),
+                    format!("must be KEY=VALUE, got {e:?}"),
+                )
+                .into());
+            };
+            process.env.retain(|x| !x.starts_with(&format!("{k}=")));
+            process.env.push(e.clone());
+        }
+        if let Some(c) = &opts.cwd {
+            if !c.is_absolute() {
+                return Err(config::invalid("cwd", "must be an absolute path").into());
+            }
+            process.cwd = c.clone();
+        }
+        if let Some(u) = opts.uid {
+            process.uid = u;
+        }
+        if let Some(g) = opts.gid {
+            process.gid = g;
+        }
+        let req = ExecRequest {
+            init_pid: r.init_pid,
+            init_start: r.init_start,
+            namespaces: r.config.namespaces.iter().map(|n| n.kind).collect(),
+            cgroup_procs: r.cgroup.procs_files(),
+            process,
+        };
+        let mut cmd = Command::new(&self.inner.cfg.shim);
+        cmd.arg(SHIM_ARG)
+            .arg("exec")
+            .arg(serde_json::to_string(&req).expect("serializable"));
+        Ok(cmd)
+    }
+
+    /// Stop the pool's zygotes (they exit when their socket closes) and
+    /// remove their cgroups.
+    pub fn shutdown(&self) {
+        let zs: Vec<Zygote> = self.inner.pool.lock().expect("lock").drain(..).collect();
+        for z in zs {
+            self.discard_zygote(z);
+        }
+        let _ = self.shim_cgroup().remove();
+    }
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+/// The host's v1 hierarchies as (directory under /sys/fs/cgroup, mount
+/// options), to mount the same ones inside containers.
+fn v1_hierarchies() -> Vec<(String, String)> {
+    let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return vec![];
+    };
+    let mut out = vec![];
+    for line in mi.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut post = post.split(' ');
+        if post.next() != Some("cgroup") {
+            continue;
+        }
+        let Some(mp) = pre.split(' ').nth(4) else {
+            continue;
+        };
+        let Some(name) = mp.strip_prefix("/sys/fs/cgroup/") else {
+            continue;
+        };
+        if name.contains('/') {
+            continue;
+        }
+        let opts = post.nth(1).unwrap_or("");
+        let keep: Vec<&str> = opts
+            .split(',')
+            .filter(|o| !matches!(*o, "rw" | "ro" | "relatime" | "nosuid" | "nodev" | "noexec"))
+            .collect();
+        if !out.iter().any(|(n, _): &(String, String)| n == name) {
+            out.push((name.to_string(), keep.join(",")));
+        }
+    }
+    out
+}
+
+struct CreateGuard {
+    rt: Runtime,
+    dir: PathBuf,
+    cgroup: Option<Cgroup>,
+    netns: Option<PathBuf>,
+    armed: bool,
+}
+
+impl Drop for CreateGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(cg) = &self.cgroup {
+            let _ = cg.kill_all(libc::SIGKILL);
+        }
+        if let Err(e) = self
+            .rt
+            .teardown(&self.dir, self.cgroup.as_ref(), self.netns.as_deref())
+        {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cleanup after failed create");
+        }
+    }
+}

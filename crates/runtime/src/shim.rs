@@ -1,0 +1,498 @@
+//! The per-container shim: a freshly exec'd, single-threaded process that
+//! creates the container with clone3 and then stays as its parent to pump
+//! logs and record how it exited. It outlives agent restarts (own session),
+//! so containers keep running and logging while the agent is down.
+//!
+//! Lifecycle: the runtime starts shims ahead of time as "zygotes" (on cgroup
+//! v1 already attached to a fresh container cgroup, so the container is born
+//! there without an attach and its RCU grace period). A zygote says `ready`,
+//! waits for one create request, clones the container init, answers with its
+//! pid, and becomes the monitor.
+
+use std::io::{BufRead, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cgroups::Cgroup;
+use crate::config::{ContainerConfig, NsKind, SeccompChoice};
+use crate::init::{self, CgroupFs, InitArgs};
+use crate::logs::{LogConfig, LogWriter, Stream};
+use crate::security;
+use crate::sys;
+
+/// First argument that turns a binary into a shim (see `shim_main`).
+pub const SHIM_ARG: &str = "__flotilla-shim";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ZygoteArgs {
+    /// cgroup.procs files to join before announcing readiness (v1 pool).
+    pub attach: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateRequest {
+    pub id: String,
+    pub dir: PathBuf,
+    pub rootfs: PathBuf,
+    pub config: ContainerConfig,
+    /// Bind the new network namespace here (None when joining one by path).
+    pub netns_path: Option<PathBuf>,
+    pub cgroup: Cgroup,
+    /// Born directly in this cgroup v2 directory (CLONE_INTO_CGROUP).
+    pub clone_into: Option<PathBuf>,
+    pub cgroup_fs: CgroupFs,
+    /// cgroup.procs files the shim moves itself to once the container runs
+    /// (v1: it was born in the container's cgroup as a zygote).
+    pub move_out: Vec<PathBuf>,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum CreateResponse {
+    Ok {
+        init_pid: i32,
+        init_start: u64,
+        shim_pid: i32,
+        shim_start: u64,
+    },
+    Err(String),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub oom_killed: bool,
+    /// Milliseconds since the Unix epoch.
+    pub finished_at_ms: u64,
+}
+
+impl ExitInfo {
+    /// Shell-style status: the exit code, or 128 + signal.
+    pub fn status(&self) -> i32 {
+        self.exit_code
+            .unwrap_or_else(|| 128 + self.signal.unwrap_or(0))
+    }
+}
+
+pub const EXIT_FILE: &str = "exit.json";
+pub const FIFO_FILE: &str = "exec.fifo";
+pub const LOG_FILE: &str = "container.log";
+pub const SHIM_LOG: &str = "shim.log";
+
+/// Call first thing in `main` of any binary that the runtime uses as its
+/// shim. Returns only if this process is not a shim.
+pub fn maybe_run_shim() {
+    let mut args = std::env::args_os();
+    let _argv0 = args.next();
+    match args.next() {
+        Some(a) if a == SHIM_ARG => {}
+        _ => return,
+    }
+    let mode = args.next().map(|s| s.to_string_lossy().into_owned());
+    let payload = args.next().map(|s| s.to_string_lossy().into_owned());
+    let code = match (mode.as_deref(), payload) {
+        (Some("zygote"), Some(p)) => zygote_main(&p),
+        (Some("exec"), Some(p)) => crate::exec::exec_main(&p),
+        _ => {
+            eprintln!("usage: {SHIM_ARG} zygote|exec JSON");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn zygote_main(payload: &str) -> i32 {
+    let zargs: ZygoteArgs = match serde_json::from_str(payload) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("flotilla-shim: bad zygote args: {e}");
+            return 2;
+        }
+    };
+    // SAFETY: plain syscalls; our own session so agent restarts and terminal
+    // signals never reach the container.
+    unsafe {
+        libc::setsid();
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+    }
+    for f in &zargs.attach {
+        if let Err(e) = std::fs::write(f, "0") {
+            eprintln!("flotilla-shim: joining {}: {e}", f.display());
+            return 1;
+        }
+    }
+    // fd 0 is our socket to the runtime.
+    // SAFETY: fd 0 was set up by the runtime as a unix stream socket.
+    let sock = unsafe { std::os::unix::net::UnixStream::from_raw_fd(0) };
+    let mut w = match sock.try_clone() {
+        Ok(w) => w,
+        Err(_) => return 1,
+    };
+    if w.write_all(b"ready\n").is_err() {
+        return 1;
+    }
+    let mut line = String::new();
+    let mut r = std::io::BufReader::new(sock);
+    match r.read_line(&mut line) {
+        Ok(0) | Err(_) => return 0, // pool shut down
+        Ok(_) => {}
+    }
+    let req: CreateRequest = match serde_json::from_str(&line) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = reply(
+                &mut w,
+                &CreateResponse::Err(format!("bad create request: {e}")),
+            );
+            return 1;
+        }
+    };
+    match create(&req) {
+        Ok((child, init_start, pipes)) => {
+            let resp = CreateResponse::Ok {
+                init_pid: child,
+                init_start,
+                shim_pid: std::process::id() as i32,
+                shim_start: sys::proc_start_time(std::process::id() as i32).unwrap_or(0),
+            };
+            let _ = reply(&mut w, &resp);
+            drop(w);
+            drop(r);
+            // SAFETY: fd 0 belonged to the socket we just dropped; reopen as /dev/null.
+            unsafe {
+                let n = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                if n > 0 {
+                    libc::dup2(n, 0);
+                    libc::close(n);
+                }
+            }
+            monitor(&req, child, pipes)
+        }
+        Err(msg) => {
+            let _ = reply(&mut w, &CreateResponse::Err(msg));
+            1
+        }
+    }
+}
+
+fn reply(w: &mut std::os::unix::net::UnixStream, r: &CreateResponse) -> std::io::Result<()> {
+    let mut s = serde_json::to_string(r).map_err(std::io::Error::other)?;
+    s.push('\n');
+    w.write_all(s.as_bytes())
+}
+
+struct Pipes {
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+}
+
+fn create(req: &CreateRequest) -> Result<(i32, u64, Pipes), String> {
+    let cfg = &req.config;
+    // Our own diagnostics go next to the container's state.
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(req.dir.join(SHIM_LOG))
+    {
+        // SAFETY: dup2 of a valid fd onto stdout/stderr.
+        unsafe {
+            libc::dup2(f.as_raw_fd(), 1);
+            libc::dup2(f.as_raw_fd(), 2);
+        }
+    }
+    let fifo = req.dir.join(FIFO_FILE);
+    let fifo_c = sys::cpath(&fifo).map_err(|e| e.to_string())?;
+    // SAFETY: valid C string.
+    if unsafe { libc::mkfifo(fifo_c.as_ptr(), 0o600) } != 0 {
+        return Err(format!(
+            "creating {}: {}",
+            fifo.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    let fifo_fd = std::fs::OpenOptions::new()
+        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+        .read(true)
+        .open(&fifo)
+        .map_err(|e| format!("opening {}: {e}", fifo.display()))?;
+    let (out_r, out_w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (err_r, err_w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (sync_r, sync_w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let userns = cfg.ns(NsKind::User).is_some_and(|n| n.path.is_none());
+    let maps = if userns {
+        Some(sys::pipe().map_err(|e| format!("pipe: {e}"))?)
+    } else {
+        None
+    };
+    let mut join = vec![];
+    // The user namespace must be joined first so the others are permitted.
+    let mut ns_sorted: Vec<_> = cfg.namespaces.iter().filter(|n| n.path.is_some()).collect();
+    ns_sorted.sort_by_key(|n| n.kind != NsKind::User);
+    for n in ns_sorted {
+        let p = n.path.as_ref().expect("filtered");
+        let f = std::fs::File::open(p).map_err(|e| {
+            format!(
+                "linux.namespaces {}: {}: {e}",
+                n.kind.proc_name(),
+                p.display()
+            )
+        })?;
+        join.push((OwnedFd::from(f), n.kind));
+    }
+    let seccomp = match &cfg.process.seccomp {
+        SeccompChoice::Default => {
+            Some(security::default_seccomp().map_err(|e| format!("seccomp: {e}"))?)
+        }
+        SeccompChoice::Unconfined => None,
+        SeccompChoice::Oci(s) => {
+            Some(security::seccomp_from_oci(s).map_err(|e| format!("linux.seccomp: {e}"))?)
+        }
+    };
+    let last_cap = security::read_last_cap();
+    let cg_fd = match &req.clone_into {
+        Some(d) => Some(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+                .open(d)
+                .map_err(|e| format!("opening cgroup {}: {e}", d.display()))?,
+        ),
+        None => None,
+    };
+    let flags = cfg.clone_flags();
+    let join_raw: Vec<(RawFd, NsKind)> = join.iter().map(|(f, k)| (f.as_raw_fd(), *k)).collect();
+    // SAFETY: this process is single-threaded here (no thread has been
+    // spawned yet), so fork-like clone3 is sound.
+    let pid = unsafe { sys::clone3(flags, cg_fd.as_ref().map(|f| f.as_raw_fd())) }
+        .map_err(|e| format!("clone3: {e}"))?;
+    if pid == 0 {
+        init::run(InitArgs {
+            cfg,
+            rootfs: &req.rootfs,
+            sync_fd: sync_w.as_raw_fd(),
+            maps_fd: maps.as_ref().map(|(r, _)| r.as_raw_fd()),
+            fifo_fd: fifo_fd.as_raw_fd(),
+            stdout_fd: out_w.as_raw_fd(),
+            stderr_fd: err_w.as_raw_fd(),
+            join: join_raw,
+            seccomp: seccomp.as_ref(),
+            last_cap,
+            cgroup_fs: &req.cgroup_fs,
+        });
+    }
+    drop(sync_w);
+    drop(out_w);
+    drop(err_w);
+    drop(fifo_fd);
+    drop(cg_fd);
+    let fail = |msg: String| -> String {
+        // SAFETY: kill and reap our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        msg
+    };
+    if let Some((maps_r, maps_w)) = maps {
+        drop(maps_r);
+        if let Err(e) = write_id_maps(pid, cfg) {
+            return Err(fail(format!("linux.uidMappings: {e}")));
+        }
+        drop(maps_w);
+    }
+    let mut netns_bound = None;
+    if let Some(p) = &req.netns_path {
+        if cfg.ns(NsKind::Net).is_some_and(|n| n.path.is_none()) {
+            if let Err(e) = bind_netns(pid, p) {
+                return Err(fail(format!(
+                    "binding network namespace to {}: {e}",
+                    p.display()
+                )));
+            }
+            netns_bound = Some(p.clone());
+        }
+    }
+    let msg = sys::read_to_end_fd(sync_r.as_raw_fd()).unwrap_or_default();
+    let undo_netns = || {
+        if let Some(p) = &netns_bound {
+            if let Ok(c) = sys::cpath(p) {
+                let _ = sys::umount2(&c, libc::MNT_DETACH);
+            }
+            let _ = std::fs::remove_file(p);
+        }
+    };
+    match msg.first() {
+        Some(b'R') => {}
+        Some(b'E') => {
+            undo_netns();
+            return Err(fail(String::from_utf8_lossy(&msg[1..]).into_owned()));
+        }
+        _ => {
+            undo_netns();
+            return Err(fail("container init exited during setup".into()));
+        }
+    }
+    let start = sys::proc_start_time(pid).unwrap_or(0);
+    Ok((
+        pid,
+        start,
+        Pipes {
+            stdout: out_r,
+            stderr: err_r,
+        },
+    ))
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+fn write_id_maps(pid: i32, cfg: &ContainerConfig) -> std::io::Result<()> {
+    let fmt = |m: &[crate::config::IdMap]| {
+        m.iter()
+            .map(|m| format!("{} {} {}\n", m.container_id, m.host_id, m.size))
+            .collect::<String>()
+    };
+    std::fs::write(format!("/proc/{pid}/gid_map"), fmt(&cfg.gid_map))?;
+    std::fs::write(format!("/proc/{pid}/uid_map"), fmt(&cfg.uid_map))
+}
+
+fn bind_netns(pid: i32, path: &Path) -> std::io::Result<()> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o444)
+        .open(path)?;
+    let src = sys::cstr(&format!("/proc/{pid}/ns/net"))?;
+    let dst = sys::cpath(path)?;
+    sys::mount(Some(&src), &dst, None, libc::MS_BIND, None)
+}
+
+fn monitor(req: &CreateRequest, child: i32, pipes: Pipes) -> i32 {
+    if !req.move_out.is_empty() {
+        // Leave the container's cgroup so we neither count against its
+        // limits nor keep it busy. The attach waits for an RCU grace period,
+        // so it runs beside the container instead of before it.
+        let files = req.move_out.clone();
+        std::thread::spawn(move || {
+            for f in files {
+                if let Err(e) = std::fs::write(&f, "0") {
+                    eprintln!(
+                        "flotilla-shim: leaving container cgroup via {}: {e}",
+                        f.display()
+                    );
+                }
+            }
+        });
+    }
+    let writer = match LogWriter::open(&req.dir.join(LOG_FILE), req.log) {
+        Ok(w) => Arc::new(Mutex::new(w)),
+        Err(e) => {
+            eprintln!("flotilla-shim: opening log: {e}");
+            return reap_and_record(req, child, vec![]);
+        }
+    };
+    let mut pumps = vec![];
+    for (fd, stream) in [
+        (pipes.stdout, Stream::Stdout),
+        (pipes.stderr, Stream::Stderr),
+    ] {
+        let w = writer.clone();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let mut f = std::fs::File::from(fd);
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match f.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if let Ok(mut g) = w.lock() {
+                            let _ = g.write_chunk(stream, &buf[..n]);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+            }
+            if let Ok(mut g) = w.lock() {
+                let _ = g.flush_partial(stream);
+            }
+            let _ = tx.send(());
+        });
+        pumps.push(rx);
+    }
+    reap_and_record(req, child, pumps)
+}
+
+fn reap_and_record(
+    req: &CreateRequest,
+    child: i32,
+    pumps: Vec<std::sync::mpsc::Receiver<()>>,
+) -> i32 {
+    let mut status = 0;
+    loop {
+        // SAFETY: waiting for our own child.
+        let r = unsafe { libc::waitpid(child, &mut status, 0) };
+        if r == child {
+            break;
+        }
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            break;
+        }
+    }
+    // Every process in the pid namespace is gone once init is, so the pipes
+    // reach EOF promptly; bound the wait in case a descriptor leaked elsewhere.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    for rx in pumps {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let _ = rx.recv_timeout(left);
+    }
+    let mut info = ExitInfo {
+        finished_at_ms: now_ms(),
+        ..Default::default()
+    };
+    if libc::WIFEXITED(status) {
+        info.exit_code = Some(libc::WEXITSTATUS(status));
+    } else if libc::WIFSIGNALED(status) {
+        info.signal = Some(libc::WTERMSIG(status));
+    }
+    info.oom_killed = req.cgroup.oom_kills().map(|n| n > 0).unwrap_or(false);
+    if let Err(e) = write_json_atomic(&req.dir.join(EXIT_FILE), &info) {
+        eprintln!("flotilla-shim: recording exit: {e}");
+        return 1;
+    }
+    0
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Write JSON next to `path` and rename it into place, so readers see either
+/// the old or the new content, never a torn file.
+pub fn write_json_atomic<T: Serialize>(path: &Path, v: &T) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        serde_json::to_writer(&mut f, v).map_err(std::io::Error::other)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(d) = path.parent() {
+        if let Ok(df) = std::fs::File::open(d) {
+            let _ = df.sync_all();
+        }
+    }
+    Ok(())
+}
