@@ -48,8 +48,10 @@ async fn demo(scratch: &std::path::Path) -> Result<i32> {
             std::env::current_exe()?
         },
     );
-    cfg.cgroup_parent = format!("flotilla-demo-{}", std::process::id());
+    let parent = format!("flotilla-demo-{}", std::process::id());
+    cfg.cgroup_parent = parent.clone();
     let rt = flotilla_runtime::runtime::Runtime::new(cfg)?;
+    let layout = flotilla_runtime::cgroups::CgroupLayout::detect()?;
     println!("cgroup mode: {:?}", rt.cgroup_mode());
     let socket = scratch.join("agent.sock");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -77,6 +79,10 @@ async fn demo(scratch: &std::path::Path) -> Result<i32> {
     }
     let _ = stop_tx.send(());
     server.await??;
+    let _ = flotilla_runtime::cgroups::Cgroup::remove_parent_if_empty(
+        &layout,
+        std::path::Path::new(&parent),
+    );
     out
 }
 

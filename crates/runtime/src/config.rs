@@ -15,6 +15,9 @@ use crate::security::{self, CapSets, Rlimit};
 pub enum ConfigError {
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },
+    /// A message from a lower layer that already names the field.
+    #[error("{0}")]
+    Named(String),
 }
 
 pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -229,6 +232,9 @@ pub fn default_spec(args: Vec<String>) -> Spec {
             .bounding(caps.clone())
             .effective(caps.clone())
             .permitted(caps)
+            // Inheritable and ambient stay empty (runc GHSA-f3fp-gc8g-vw66).
+            .inheritable(std::collections::HashSet::new())
+            .ambient(std::collections::HashSet::new())
             .build()
             .expect("caps"),
     ));
@@ -428,9 +434,7 @@ pub fn from_spec(spec: &Spec) -> Result<ContainerConfig, ConfigError> {
     }
     let user = process.user();
     let caps = match process.capabilities() {
-        Some(c) => {
-            CapSets::from_oci(c).map_err(|e| invalid("process.capabilities", e.to_string()))?
-        }
+        Some(c) => CapSets::from_oci(c).map_err(|e| ConfigError::Named(e.to_string()))?,
         None => CapSets::default(),
     };
     let rlimits = match process.rlimits() {

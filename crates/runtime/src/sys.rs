@@ -488,7 +488,12 @@ mod tests {
     fn open_in_root_confines_symlinks() {
         let d = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink("/etc", d.path().join("esc")).unwrap();
+        std::os::unix::fs::symlink("/nowhere", d.path().join("dangling")).unwrap();
+        std::fs::create_dir(d.path().join("etc")).unwrap();
         let root = std::fs::File::open(d.path()).unwrap();
+        // A dangling symlink is refused, never followed out of the root.
+        assert!(mkdir_all_in_root(root.as_raw_fd(), Path::new("dangling/x"), 0o755).is_err());
+        assert!(!Path::new("/nowhere").exists());
         // "esc/x" must resolve to <root>/etc/x, not the host's /etc/x.
         let fd = mkdir_all_in_root(root.as_raw_fd(), Path::new("esc/newdir"), 0o755).unwrap();
         drop(fd);
