@@ -147,7 +147,16 @@ async fn list(State(s): S) -> ApiResult<Json<Vec<ContainerInfo>>> {
 /// Parse the body ourselves so malformed JSON gets a problem body naming
 /// what is wrong instead of axum's plain-text rejection.
 fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path.is_empty() || path == "." || path == "?" {
+            ApiError::bad_request(format!("request body: {inner}"))
+        } else {
+            ApiError::bad_request(format!("{path}: {inner}"))
+        }
+    })
 }
 
 async fn create(State(s): S, body: Bytes) -> ApiResult<(StatusCode, Json<ContainerInfo>)> {
