@@ -39,6 +39,9 @@ pub struct InitArgs<'a> {
     pub seccomp: Option<&'a SeccompProgram>,
     pub last_cap: u32,
     pub cgroup_fs: &'a CgroupFs,
+    /// The parent's ends of our pipes: closed first, or a read for EOF
+    /// (the uid map handshake) would wait on ourselves.
+    pub close: Vec<RawFd>,
 }
 
 type R<T> = Result<T, String>;
@@ -73,6 +76,10 @@ pub fn run(a: InitArgs) -> ! {
 
 fn setup(a: &InitArgs) -> R<()> {
     let cfg = a.cfg;
+    for fd in &a.close {
+        // SAFETY: closing our inherited copies of the parent's pipe ends.
+        unsafe { libc::close(*fd) };
+    }
     // SAFETY: dup2 on fds we were handed.
     unsafe {
         libc::dup2(a.stdout_fd, 1);

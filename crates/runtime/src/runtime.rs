@@ -418,7 +418,19 @@ impl Runtime {
 
     pub fn create(&self, opts: CreateOptions) -> Result<ContainerState, RuntimeError> {
         config::validate_id(&opts.id)?;
-        let cfg = config::from_spec(&opts.spec)?;
+        let mut cfg = config::from_spec(&opts.spec)?;
+        if !self.v1() {
+            // No device cgroup on v2 (it needs eBPF): without CAP_MKNOD no
+            // node beyond the runtime's allowlist can exist in the container.
+            const CAP_MKNOD: u32 = 27;
+            let bit = 1u64 << CAP_MKNOD;
+            let c = &mut cfg.process.caps;
+            c.bounding &= !bit;
+            c.effective &= !bit;
+            c.permitted &= !bit;
+            c.inheritable &= !bit;
+            c.ambient &= !bit;
+        }
         if opts.lower_dirs.is_empty() {
             return Err(RuntimeError::Rootfs(
                 "at least one directory is required".into(),

@@ -137,6 +137,8 @@ fn zygote_main(payload: &str) -> i32 {
     if w.write_all(b"ready\n").is_err() {
         return 1;
     }
+    // Compile the default seccomp filter while idle: most containers use it.
+    let default_filter = security::default_seccomp().ok();
     let mut line = String::new();
     let mut r = std::io::BufReader::new(sock);
     match r.read_line(&mut line) {
@@ -153,7 +155,7 @@ fn zygote_main(payload: &str) -> i32 {
             return 1;
         }
     };
-    match create(&req) {
+    match create(&req, default_filter) {
         Ok((child, init_start, pipes)) => {
             let resp = CreateResponse::Ok {
                 init_pid: child,
@@ -192,7 +194,10 @@ struct Pipes {
     stderr: OwnedFd,
 }
 
-fn create(req: &CreateRequest) -> Result<(i32, u64, Pipes), String> {
+fn create(
+    req: &CreateRequest,
+    default_filter: Option<security::SeccompProgram>,
+) -> Result<(i32, u64, Pipes), String> {
     let cfg = &req.config;
     // Our own diagnostics go next to the container's state.
     if let Ok(f) = std::fs::OpenOptions::new()
@@ -212,6 +217,29 @@ fn create(req: &CreateRequest) -> Result<(i32, u64, Pipes), String> {
     if unsafe { libc::mkfifo(fifo_c.as_ptr(), 0o600) } != 0 {
         return Err(format!(
             "creating {}: {}",
+            fifo.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    // init opens the fifo after taking the container's identity: it must
+    // own it, as seen from the host.
+    let host_id = |id: u32, map: &[crate::config::IdMap]| -> u32 {
+        if cfg.ns(NsKind::User).is_none_or(|n| n.path.is_some()) {
+            return id;
+        }
+        map.iter()
+            .find(|m| id >= m.container_id && id - m.container_id < m.size)
+            .map(|m| m.host_id + (id - m.container_id))
+            .unwrap_or(65534)
+    };
+    let (fuid, fgid) = (
+        host_id(cfg.process.uid, &cfg.uid_map),
+        host_id(cfg.process.gid, &cfg.gid_map),
+    );
+    // SAFETY: valid C string.
+    if unsafe { libc::chown(fifo_c.as_ptr(), fuid, fgid) } != 0 {
+        return Err(format!(
+            "chown {}: {}",
             fifo.display(),
             std::io::Error::last_os_error()
         ));
@@ -246,9 +274,10 @@ fn create(req: &CreateRequest) -> Result<(i32, u64, Pipes), String> {
         join.push((OwnedFd::from(f), n.kind));
     }
     let seccomp = match &cfg.process.seccomp {
-        SeccompChoice::Default => {
-            Some(security::default_seccomp().map_err(|e| format!("seccomp: {e}"))?)
-        }
+        SeccompChoice::Default => match default_filter {
+            Some(f) => Some(f),
+            None => Some(security::default_seccomp().map_err(|e| format!("seccomp: {e}"))?),
+        },
         SeccompChoice::Unconfined => None,
         SeccompChoice::Oci(s) => {
             Some(security::seccomp_from_oci(s).map_err(|e| format!("linux.seccomp: {e}"))?)
@@ -284,6 +313,15 @@ fn create(req: &CreateRequest) -> Result<(i32, u64, Pipes), String> {
             seccomp: seccomp.as_ref(),
             last_cap,
             cgroup_fs: &req.cgroup_fs,
+            close: [
+                Some(sync_r.as_raw_fd()),
+                Some(out_r.as_raw_fd()),
+                Some(err_r.as_raw_fd()),
+                maps.as_ref().map(|(_, w)| w.as_raw_fd()),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
         });
     }
     drop(sync_w);
@@ -480,19 +518,14 @@ pub fn now_ms() -> u64 {
 }
 
 /// Write JSON next to `path` and rename it into place, so readers see either
-/// the old or the new content, never a torn file.
+/// the old or the new content, never a torn file, whenever the writer dies.
+/// No fsync: container state describes processes, which do not survive a
+/// power loss either (runc keeps the same state on tmpfs).
 pub fn write_json_atomic<T: Serialize>(path: &Path, v: &T) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
         let mut f = std::fs::File::create(&tmp)?;
         serde_json::to_writer(&mut f, v).map_err(std::io::Error::other)?;
-        f.sync_all()?;
     }
-    std::fs::rename(&tmp, path)?;
-    if let Some(d) = path.parent() {
-        if let Ok(df) = std::fs::File::open(d) {
-            let _ = df.sync_all();
-        }
-    }
-    Ok(())
+    std::fs::rename(&tmp, path)
 }

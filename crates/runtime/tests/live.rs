@@ -449,6 +449,11 @@ fn live_cgroup_v2_clone_into_cgroup() {
     }
     let logs = f.logs(&id);
     assert!(logs.contains("0::/\n"), "not at its namespace root: {logs}");
+    // No device cgroup on v2: CAP_MKNOD (bit 27) is dropped.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", st.record.init_pid)).unwrap();
+    let eff = status.lines().find(|l| l.starts_with("CapEff:")).unwrap();
+    let mask = u64::from_str_radix(eff.split_whitespace().nth(1).unwrap(), 16).unwrap();
+    assert_eq!(mask & (1 << 27), 0, "{eff}");
     // From the host: the init is in the container's own cgroup.
     let host_view =
         std::fs::read_to_string(format!("/proc/{}/cgroup", st.record.init_pid)).unwrap();
@@ -457,5 +462,77 @@ fn live_cgroup_v2_clone_into_cgroup() {
         "{host_view}"
     );
     f.rt.delete(&id, true).unwrap();
+    f.assert_clean();
+}
+
+#[test]
+fn live_user_namespace_maps_root_to_an_unprivileged_host_id() {
+    if !live() {
+        return;
+    }
+    let f = Fixture::new();
+    let mut spec = f.spec(&[
+        "sh",
+        "-c",
+        "id -u; cat /proc/self/uid_map; stat -c %u /bin/busybox; ls /sys/class/net; sleep 30",
+    ]);
+    let linux = spec.linux_mut().as_mut().unwrap();
+    let mut ns = linux.namespaces().clone().unwrap();
+    ns.push(
+        oci_spec::runtime::LinuxNamespaceBuilder::default()
+            .typ(oci_spec::runtime::LinuxNamespaceType::User)
+            .build()
+            .unwrap(),
+    );
+    linux.set_namespaces(Some(ns));
+    let map = oci_spec::runtime::LinuxIdMappingBuilder::default()
+        .container_id(0u32)
+        .host_id(200_000u32)
+        .size(65_536u32)
+        .build()
+        .unwrap();
+    linux.set_uid_mappings(Some(vec![map]));
+    linux.set_gid_mappings(Some(vec![map]));
+    let id = common::unique("userns");
+    let st =
+        f.rt.run(f.opts(&id, spec))
+            .expect("run in a user namespace");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f.logs(&id).contains("lo\n") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let logs = f.logs(&id);
+    // Root inside, 200000 outside; host-root files show as the overflow id.
+    assert!(logs.starts_with("0\n"), "{logs}");
+    assert!(logs.contains("200000"), "{logs}");
+    assert!(logs.contains("65534\n"), "{logs}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", st.record.init_pid)).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(uid_line.contains("200000"), "{uid_line}");
+    f.rt.delete(&id, true).unwrap();
+    f.assert_clean();
+}
+
+#[test]
+fn live_non_root_user_runs_without_capabilities() {
+    if !live() {
+        return;
+    }
+    let f = Fixture::new();
+    let mut spec = f.spec(&["sh", "-c", "id -u; id -g; grep CapEff /proc/self/status; touch /root/x 2>/dev/null && echo wrote || echo denied"]);
+    spec.process_mut().as_mut().unwrap().set_user(
+        oci_spec::runtime::UserBuilder::default()
+            .uid(1000u32)
+            .gid(1000u32)
+            .build()
+            .unwrap(),
+    );
+    let id = common::unique("user");
+    f.rt.run(f.opts(&id, spec)).unwrap();
+    let e = f.rt.wait(&id, Some(Duration::from_secs(10))).unwrap();
+    let logs = f.logs(&id);
+    assert_eq!(e.exit_code, Some(0), "{logs}");
+    assert_eq!(logs, "1000\n1000\nCapEff:\t0000000000000000\ndenied\n");
+    f.rt.delete(&id, false).unwrap();
     f.assert_clean();
 }
