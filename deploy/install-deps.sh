@@ -30,7 +30,7 @@ APT_PACKAGES=(
     iproute2 nftables iptables conntrack
     runc crun hyperfine skopeo umoci docker-registry
     curl ca-certificates jq procps util-linux psmisc
-    python3 gcc make pkg-config git xz-utils zstd
+    python3 gcc libc6-dev make pkg-config git xz-utils zstd
 )
 
 # CRIU's runtime closure from platform.md §4.2, used only if the computed closure is unavailable.

@@ -91,6 +91,32 @@ enum Cmd {
     Stats { name: String },
     /// Wait for a container to exit and print its exit status.
     Wait { name: String },
+    /// Checkpoint a running container with CRIU.
+    Checkpoint {
+        name: String,
+        /// Directory for the images (absolute; created).
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        tcp_established: bool,
+        /// Leave the container stopped (paused) instead of killing it.
+        #[arg(long, conflicts_with = "leave_running")]
+        leave_stopped: bool,
+        #[arg(long)]
+        leave_running: bool,
+    },
+    /// Restore a checkpointed container.
+    Restore {
+        name: String,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        tcp_established: bool,
+    },
+    /// Continue a container a checkpoint left paused.
+    Resume { name: String },
+    /// Node facts: cgroup mode, CRIU version and features.
+    Node,
     /// Start an agent on a scratch directory, run a container and show it working.
     Demo,
 }
@@ -310,6 +336,68 @@ async fn real_main(cli: Cli) -> Result<i32> {
                 .await?;
             println!("{}", describe_exit(&e));
             Ok(exit_code(&e))
+        }
+        Cmd::Checkpoint {
+            name,
+            dir,
+            tcp_established,
+            leave_stopped,
+            leave_running,
+        } => {
+            let dir = std::path::absolute(&dir)?;
+            let req = flotilla_api::CheckpointRequest {
+                images_dir: dir.display().to_string(),
+                tcp_established,
+                after: Some(
+                    if leave_stopped {
+                        "stop"
+                    } else if leave_running {
+                        "run"
+                    } else {
+                        "kill"
+                    }
+                    .into(),
+                ),
+            };
+            c.call_raw(
+                Method::POST,
+                &format!("/v1/containers/{name}/checkpoint"),
+                Some(serde_json::to_vec(&req)?),
+            )
+            .await?;
+            println!("{name} checkpointed to {}", dir.display());
+            Ok(0)
+        }
+        Cmd::Restore {
+            name,
+            dir,
+            tcp_established,
+        } => {
+            let dir = std::path::absolute(&dir)?;
+            let req = flotilla_api::RestoreRequest {
+                images_dir: dir.display().to_string(),
+                tcp_established,
+            };
+            let i: ContainerInfo = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/containers/{name}/restore"),
+                    Some(serde_json::to_vec(&req)?),
+                )
+                .await?;
+            println!("{name} restored as pid {}", i.pid);
+            Ok(0)
+        }
+        Cmd::Resume { name } => {
+            c.call_raw(Method::POST, &format!("/v1/containers/{name}/resume"), None)
+                .await?;
+            Ok(0)
+        }
+        Cmd::Node => {
+            let (_, b) = c.call_raw(Method::GET, "/v1/node", None).await?;
+            let v: serde_json::Value = serde_json::from_slice(&b)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(0)
         }
         Cmd::Demo => flotilla_agent::demo::run().await,
     }

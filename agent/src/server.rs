@@ -13,7 +13,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use flotilla_api::{ContainerInfo, ContainerRequest, ExecRequest, ExecResult, ExitStatus, Problem};
-use flotilla_runtime::runtime::{ContainerState, ExecOptions, Runtime, RuntimeError};
+use flotilla_runtime::runtime::{
+    AfterCheckpoint, CheckpointOptions, ContainerState, ExecOptions, RestoreOptions, Runtime,
+    RuntimeError,
+};
 use flotilla_runtime::shim::ExitInfo;
 use serde::Deserialize;
 
@@ -39,9 +42,12 @@ impl ApiError {
 impl From<RuntimeError> for ApiError {
     fn from(e: RuntimeError) -> Self {
         let status = match &e {
-            RuntimeError::Config(_) | RuntimeError::Rootfs(_) | RuntimeError::Create { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            RuntimeError::Config(_)
+            | RuntimeError::Rootfs(_)
+            | RuntimeError::Create { .. }
+            | RuntimeError::Checkpoint { .. }
+            | RuntimeError::Restore { .. } => StatusCode::BAD_REQUEST,
+            RuntimeError::Criu(_) => StatusCode::INTERNAL_SERVER_ERROR,
             RuntimeError::AlreadyExists(_) | RuntimeError::WrongState { .. } => {
                 StatusCode::CONFLICT
             }
@@ -131,6 +137,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/containers/{id}/logs", get(logs))
         .route("/v1/containers/{id}/exec", post(exec))
         .route("/v1/containers/{id}/stats", get(stats))
+        .route("/v1/containers/{id}/checkpoint", post(checkpoint))
+        .route("/v1/containers/{id}/restore", post(restore))
+        .route("/v1/containers/{id}/resume", post(resume))
         .route("/v1/node", get(node))
         .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
         .with_state(Arc::new(state))
@@ -376,10 +385,67 @@ async fn stats(State(s): S, UrlPath(id): UrlPath<String>) -> ApiResult<Json<flot
 }
 
 async fn node(State(s): S) -> Json<serde_json::Value> {
+    let rt = s.rt.clone();
+    let criu = tokio::task::spawn_blocking(move || rt.criu_info())
+        .await
+        .ok()
+        .and_then(|r| r.ok());
     Json(serde_json::json!({
         "cgroupMode": format!("{:?}", s.rt.cgroup_mode()),
         "root": s.rt.config().root.display().to_string(),
+        "criu": criu,
     }))
+}
+
+async fn checkpoint(
+    State(s): S,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let req: flotilla_api::CheckpointRequest = parse_json(&body)?;
+    let after = match req.after.as_deref().unwrap_or("kill") {
+        "kill" => AfterCheckpoint::Kill,
+        "stop" => AfterCheckpoint::Stop,
+        "run" => AfterCheckpoint::Run,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "after: must be kill, stop or run, got {other:?}"
+            )))
+        }
+    };
+    let dir = PathBuf::from(&req.images_dir);
+    if !dir.is_absolute() {
+        return Err(ApiError::bad_request("imagesDir: must be an absolute path"));
+    }
+    let opts = CheckpointOptions {
+        images_dir: dir,
+        tcp_established: req.tcp_established,
+        after,
+    };
+    let rt = s.rt.clone();
+    blocking(move || rt.checkpoint(&id, &opts)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn restore(
+    State(s): S,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult<Json<ContainerInfo>> {
+    let req: flotilla_api::RestoreRequest = parse_json(&body)?;
+    let opts = RestoreOptions {
+        images_dir: PathBuf::from(&req.images_dir),
+        tcp_established: req.tcp_established,
+    };
+    let rt = s.rt.clone();
+    let st = blocking(move || rt.restore(&id, &opts)).await?;
+    Ok(Json(info(&st)))
+}
+
+async fn resume(State(s): S, UrlPath(id): UrlPath<String>) -> ApiResult<StatusCode> {
+    let rt = s.rt.clone();
+    blocking(move || rt.resume(&id)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Serve the API on a unix socket until `shutdown` resolves.

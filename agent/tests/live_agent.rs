@@ -477,3 +477,44 @@ fn live_agent_api_refuses_bad_input_with_problem_details() {
     assert_eq!(code, 0, "{err}");
     e.assert_clean();
 }
+
+#[test]
+fn live_agent_checkpoint_and_restore_through_the_cli() {
+    if !live() {
+        return;
+    }
+    let e = Env::new();
+    let rootfs = e.rootfs();
+    let (code, _, err) = e.cli(&[
+        "run",
+        "-d",
+        "--name",
+        "ck",
+        "--rootfs",
+        &rootfs,
+        "--",
+        "sh",
+        "-c",
+        "i=0; while :; do i=$((i+1)); echo $i; sleep 0.05; done",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    std::thread::sleep(Duration::from_millis(400));
+    let (code, out, _) = e.cli(&["node"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"version\": \"4."), "{out}");
+    let dir = e.dir.path().join("images");
+    let dir_s = dir.display().to_string();
+    let (code, out, err) = e.cli(&["checkpoint", "ck", "--dir", &dir_s]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(info(&e, "ck").status, "stopped");
+    let (code, out, err) = e.cli(&["restore", "ck", "--dir", &dir_s]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(info(&e, "ck").status, "running");
+    // A second checkpoint into the same directory is refused by name.
+    let (code, _, err) = e.cli(&["checkpoint", "ck", "--dir", &dir_s]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not empty"), "{err}");
+    let (code, _, err) = e.cli(&["rm", "-f", "ck"]);
+    assert_eq!(code, 0, "{err}");
+    e.assert_clean();
+}

@@ -132,6 +132,26 @@ pub struct Usage {
     pub pids: u64,
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CheckpointRequest {
+    /// Absolute directory for CRIU's images (created; must be empty).
+    pub images_dir: String,
+    #[serde(default)]
+    pub tcp_established: bool,
+    /// kill (default), stop (leave it paused) or run.
+    #[serde(default)]
+    pub after: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RestoreRequest {
+    pub images_dir: String,
+    #[serde(default)]
+    pub tcp_established: bool,
+}
+
 /// RFC 9457 problem details.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {

@@ -298,7 +298,7 @@ pub fn resolve_command(cmd: &str, env: &[String], cwd: &Path) -> R<CString> {
     ))
 }
 
-fn loopback_up() -> std::io::Result<()> {
+pub(crate) fn loopback_up() -> std::io::Result<()> {
     // SAFETY: socket + ioctl with a properly sized ifreq.
     unsafe {
         let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);

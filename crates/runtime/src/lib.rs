@@ -4,6 +4,7 @@
 //! and exec. See docs/ARCHITECTURE.md.
 pub mod cgroups;
 pub mod config;
+pub mod criu;
 pub mod exec;
 pub mod init;
 pub mod logs;

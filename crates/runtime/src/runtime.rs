@@ -25,12 +25,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::cgroups::{Cgroup, CgroupLayout, CgroupMode, Usage};
 use crate::config::{self, ContainerConfig, NsKind};
+use crate::criu::{self as criu_mod, CheckpointMeta, CriuError, CriuInfo};
 use crate::exec::ExecRequest;
 use crate::init::CgroupFs;
 use crate::logs::LogConfig;
 use crate::shim::{
-    self, CreateRequest, CreateResponse, ExitInfo, ZygoteArgs, EXIT_FILE, FIFO_FILE, LOG_FILE,
-    SHIM_ARG,
+    self, CreateRequest, CreateResponse, ExitInfo, RestoreRequest, ShimRequest, ZygoteArgs,
+    EXIT_FILE, FIFO_FILE, LOG_FILE, SHIM_ARG,
 };
 use crate::sys;
 
@@ -62,6 +63,12 @@ pub enum RuntimeError {
     Cgroup(#[from] crate::cgroups::CgroupError),
     #[error("timed out after {0:?} waiting for the container to exit")]
     Timeout(Duration),
+    #[error(transparent)]
+    Criu(#[from] CriuError),
+    #[error("checkpoint of {id:?}: {msg}")]
+    Checkpoint { id: String, msg: String },
+    #[error("restore of {id:?}: {msg}")]
+    Restore { id: String, msg: String },
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
@@ -74,6 +81,8 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeErro
 pub enum Status {
     Created,
     Running,
+    /// Stopped in place by a checkpoint; `resume` continues it.
+    Paused,
     Stopped,
 }
 
@@ -82,6 +91,7 @@ impl std::fmt::Display for Status {
         f.write_str(match self {
             Status::Created => "created",
             Status::Running => "running",
+            Status::Paused => "paused",
             Status::Stopped => "stopped",
         })
     }
@@ -98,6 +108,8 @@ pub struct RuntimeConfig {
     pub pool_size: usize,
     pub log: LogConfig,
     pub netns_dir: PathBuf,
+    /// CRIU binary (>= 4.2 on kernels >= 6.16).
+    pub criu: PathBuf,
 }
 
 impl RuntimeConfig {
@@ -110,6 +122,7 @@ impl RuntimeConfig {
             shim: shim.into(),
             pool_size: 2,
             log: LogConfig::default(),
+            criu: criu_mod::default_criu_path(),
         }
     }
 }
@@ -131,6 +144,12 @@ pub struct ContainerRecord {
     pub shim_start: u64,
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Image directory of the last checkpoint that stopped this container.
+    #[serde(default)]
+    pub checkpoint: Option<PathBuf>,
+    /// Left stopped by a checkpoint (its network locked) until resumed.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// A record plus what is true about it right now.
@@ -139,6 +158,32 @@ pub struct ContainerState {
     pub record: ContainerRecord,
     pub status: Status,
     pub exit: Option<ExitInfo>,
+}
+
+pub struct CheckpointOptions {
+    pub images_dir: PathBuf,
+    /// Dump established TCP connections (they survive the restore).
+    pub tcp_established: bool,
+    pub after: AfterCheckpoint,
+}
+
+/// What happens to the container once its checkpoint is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AfterCheckpoint {
+    /// The processes are killed; the container is stopped and restorable.
+    #[default]
+    Kill,
+    /// The processes stay, stopped, with the network locked (`paused`):
+    /// `resume` continues them (a migration rolled back), `kill` ends them.
+    Stop,
+    /// The processes keep running.
+    Run,
+}
+
+pub struct RestoreOptions {
+    pub images_dir: PathBuf,
+    pub tcp_established: bool,
 }
 
 pub struct CreateOptions {
@@ -540,7 +585,7 @@ impl Runtime {
             move_out,
             log: self.inner.cfg.log,
         };
-        let resp = self.send_create(zyg, &req, &opts.id)?;
+        let resp = self.send_request(zyg, &ShimRequest::Create(Box::new(req)), &opts.id)?;
         let CreateResponse::Ok {
             init_pid,
             init_start,
@@ -548,7 +593,7 @@ impl Runtime {
             shim_start,
         } = resp
         else {
-            unreachable!("send_create maps errors")
+            unreachable!("send_request maps errors")
         };
         let record = ContainerRecord {
             id: opts.id.clone(),
@@ -564,6 +609,8 @@ impl Runtime {
             shim_pid,
             shim_start,
             labels: opts.labels,
+            checkpoint: None,
+            paused: false,
         };
         if let Err(e) = shim::write_json_atomic(&dir.join("state.json"), &record) {
             // SAFETY: killing the init we just created.
@@ -580,10 +627,10 @@ impl Runtime {
         })
     }
 
-    fn send_create(
+    fn send_request(
         &self,
         mut z: Zygote,
-        req: &CreateRequest,
+        req: &ShimRequest,
         id: &str,
     ) -> Result<CreateResponse, RuntimeError> {
         let mut line = serde_json::to_string(req).expect("serializable");
@@ -719,7 +766,9 @@ impl Runtime {
         let init_alive = sys::process_matches(record.init_pid, record.init_start);
         let shim_alive = sys::process_matches(record.shim_pid, record.shim_start);
         let status = if init_alive {
-            if self.dir(&record.id).join(FIFO_FILE).exists() {
+            if record.paused {
+                Status::Paused
+            } else if self.dir(&record.id).join(FIFO_FILE).exists() {
                 Status::Created
             } else {
                 Status::Running
@@ -879,6 +928,12 @@ impl Runtime {
         if st.status == Status::Stopped {
             return self.wait(id, Some(Duration::from_secs(1)));
         }
+        if st.status == Status::Paused {
+            // Stopped tasks cannot act on SIGTERM.
+            self.kill(id, libc::SIGKILL)?;
+            let _ = st.record.cgroup.kill_all(libc::SIGKILL);
+            return self.wait(id, Some(Duration::from_secs(10)));
+        }
         self.kill(id, libc::SIGTERM)?;
         match self.wait(id, Some(grace)) {
             Ok(e) => Ok(e),
@@ -1002,6 +1057,293 @@ impl Runtime {
             .arg("exec")
             .arg(serde_json::to_string(&req).expect("serializable"));
         Ok(cmd)
+    }
+
+    /// CRIU's version and features, for choosing a migration strategy.
+    pub fn criu_info(&self) -> Result<CriuInfo, RuntimeError> {
+        Ok(criu_mod::info(&self.inner.cfg.criu)?)
+    }
+
+    /// Checkpoint a running container into `opts.images_dir` (created, must
+    /// be new). Without `leave_running` the container is stopped by the dump
+    /// and can be restored later; its rootfs, cgroup and network namespace
+    /// stay until it is deleted.
+    pub fn checkpoint(&self, id: &str, opts: &CheckpointOptions) -> Result<(), RuntimeError> {
+        let st = self.state(id)?;
+        if st.status != Status::Running {
+            return Err(RuntimeError::WrongState {
+                id: id.into(),
+                status: st.status,
+                wanted: "only a running container can be checkpointed",
+            });
+        }
+        let r = &st.record;
+        if r.config.ns(NsKind::User).is_some() {
+            return Err(RuntimeError::Checkpoint {
+                id: id.into(),
+                msg: "containers in a user namespace cannot be checkpointed yet".into(),
+            });
+        }
+        let images = &opts.images_dir;
+        if images.exists()
+            && std::fs::read_dir(images)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(true)
+        {
+            return Err(RuntimeError::Checkpoint {
+                id: id.into(),
+                msg: format!("image directory {} is not empty", images.display()),
+            });
+        }
+        std::fs::create_dir_all(images)
+            .map_err(io_err(format!("creating {}", images.display())))?;
+        let descriptors: Vec<String> = (0..3)
+            .map(|fd| {
+                std::fs::read_link(format!("/proc/{}/fd/{fd}", r.init_pid))
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let meta = CheckpointMeta {
+            id: id.into(),
+            config: r.config.clone(),
+            lower_dirs: r.lower_dirs.clone(),
+            descriptors,
+            tcp_established: opts.tcp_established,
+            created_at_ms: shim::now_ms(),
+        };
+        shim::write_json_atomic(&images.join(criu_mod::META_FILE), &meta)
+            .map_err(io_err("writing checkpoint metadata"))?;
+        let res = criu_mod::dump(&criu_mod::DumpArgs {
+            criu: &self.inner.cfg.criu,
+            pid: r.init_pid,
+            images,
+            rootfs: &r.rootfs,
+            netns: r.netns_path.as_deref(),
+            tcp_established: opts.tcp_established,
+            after: opts.after,
+        });
+        if let Err(e) = res {
+            // A failed dump resumes the tasks; leave no half-written images.
+            let _ = sys::remove_tree_one_fs(images);
+            if let Some(ns) = &r.netns_path {
+                criu_mod::remove_network_lock(ns);
+            }
+            return Err(e.into());
+        }
+        match opts.after {
+            AfterCheckpoint::Run => {
+                // The dump locked the network; a running container needs it back.
+                if let Some(ns) = &r.netns_path {
+                    criu_mod::remove_network_lock(ns);
+                }
+                return Ok(());
+            }
+            AfterCheckpoint::Stop => {
+                let mut rec = r.clone();
+                rec.paused = true;
+                rec.checkpoint = Some(images.clone());
+                shim::write_json_atomic(&self.dir(id).join("state.json"), &rec)
+                    .map_err(io_err("writing state.json"))?;
+                return Ok(());
+            }
+            AfterCheckpoint::Kill => {}
+        }
+        // The dump killed the tasks: wait for the shim's exit record.
+        let _ = self.wait(id, Some(Duration::from_secs(10)));
+        let mut rec = r.clone();
+        rec.checkpoint = Some(images.clone());
+        shim::write_json_atomic(&self.dir(id).join("state.json"), &rec)
+            .map_err(io_err("writing state.json"))?;
+        tracing::info!(container = %id, images = %images.display(), "checkpointed");
+        Ok(())
+    }
+
+    /// Continue a container that a checkpoint left stopped: lift CRIU's
+    /// network lock, then wake every task.
+    pub fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        let st = self.state(id)?;
+        if st.status != Status::Paused {
+            return Err(RuntimeError::WrongState {
+                id: id.into(),
+                status: st.status,
+                wanted: "only a paused container can be resumed",
+            });
+        }
+        if let Some(ns) = &st.record.netns_path {
+            criu_mod::remove_network_lock(ns);
+        }
+        st.record.cgroup.kill_all(libc::SIGCONT)?;
+        let mut rec = st.record;
+        rec.paused = false;
+        rec.checkpoint = None;
+        shim::write_json_atomic(&self.dir(id).join("state.json"), &rec)
+            .map_err(io_err("writing state.json"))
+    }
+
+    /// Create a fresh network namespace at the container's netns path (the
+    /// old one, if any, is unmounted first), with lo up. Restore and
+    /// migration targets re-create the namespace by path like this.
+    pub fn recreate_netns(&self, id: &str) -> Result<PathBuf, RuntimeError> {
+        let st = self.state(id)?;
+        if st.status != Status::Stopped {
+            return Err(RuntimeError::WrongState {
+                id: id.into(),
+                status: st.status,
+                wanted: "the network namespace of a live container cannot be replaced",
+            });
+        }
+        let path = st
+            .record
+            .netns_path
+            .clone()
+            .unwrap_or_else(|| self.inner.cfg.netns_dir.join(id));
+        self.make_netns(&path)?;
+        Ok(path)
+    }
+
+    fn make_netns(&self, path: &Path) -> Result<(), RuntimeError> {
+        if let Ok(c) = sys::cpath(path) {
+            let _ = sys::umount2(&c, libc::MNT_DETACH);
+        }
+        let _ = std::fs::remove_file(path);
+        let out = Command::new(&self.inner.cfg.shim)
+            .arg(SHIM_ARG)
+            .arg("netns")
+            .arg(path)
+            .output()
+            .map_err(io_err("starting the netns helper"))?;
+        if !out.status.success() {
+            return Err(RuntimeError::Io {
+                what: format!(
+                    "creating network namespace {}: {}",
+                    path.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                source: std::io::Error::other("netns helper failed"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Restore a checkpointed container from `opts.images_dir`: same
+    /// processes and memory, same network namespace path (and so the same IP
+    /// when the namespace keeps it), the rootfs changes kept. A failed
+    /// restore leaves the container stopped as it was.
+    pub fn restore(&self, id: &str, opts: &RestoreOptions) -> Result<ContainerState, RuntimeError> {
+        let st = self.state(id)?;
+        if st.status != Status::Stopped {
+            return Err(RuntimeError::WrongState {
+                id: id.into(),
+                status: st.status,
+                wanted: "only a stopped container can be restored",
+            });
+        }
+        let r = st.record.clone();
+        let meta_path = opts.images_dir.join(criu_mod::META_FILE);
+        let meta: CheckpointMeta = std::fs::read(&meta_path)
+            .ok()
+            .and_then(|d| serde_json::from_slice(&d).ok())
+            .ok_or_else(|| RuntimeError::Restore {
+                id: id.into(),
+                msg: format!("{} is missing or unreadable", meta_path.display()),
+            })?;
+        if meta.tcp_established && !opts.tcp_established {
+            return Err(RuntimeError::Restore {
+                id: id.into(),
+                msg: "the checkpoint holds established TCP connections; restore it with tcp_established".into(),
+            });
+        }
+        if let Some(ns) = &r.netns_path {
+            if !sys::is_mount_point(ns) {
+                self.make_netns(ns)?;
+            }
+        }
+        if !self.wait_shim_gone(r.shim_pid, r.shim_start, Duration::from_secs(5)) {
+            return Err(RuntimeError::Restore {
+                id: id.into(),
+                msg: "the previous shim is still running".into(),
+            });
+        }
+        let dir = self.dir(id);
+        let old_exit = std::fs::read(dir.join(EXIT_FILE)).ok();
+        let _ = std::fs::remove_file(dir.join(EXIT_FILE));
+        let zyg = self.take_zygote()?;
+        let (cgroup, attach, move_out) = match &zyg.cgroup {
+            Some(cg) => (cg.clone(), vec![], self.shim_cgroup().procs_files()),
+            None => (r.cgroup.clone(), r.cgroup.procs_files(), vec![]),
+        };
+        let restore_back = |rt: &Runtime| {
+            if let Some(e) = &old_exit {
+                let _ = std::fs::write(dir.join(EXIT_FILE), e);
+            }
+            if let Some(ns) = &r.netns_path {
+                criu_mod::remove_network_lock(ns);
+            }
+            let _ = rt;
+        };
+        if let Err(e) = cgroup.apply(&r.config.resources) {
+            self.discard_zygote(zyg);
+            restore_back(self);
+            return Err(e.into());
+        }
+        let req = RestoreRequest {
+            id: id.into(),
+            dir: dir.clone(),
+            rootfs: r.rootfs.clone(),
+            images: opts.images_dir.clone(),
+            netns_path: r.netns_path.clone(),
+            cgroup: cgroup.clone(),
+            attach,
+            move_out,
+            log: self.inner.cfg.log,
+            criu: self.inner.cfg.criu.clone(),
+            descriptors: meta.descriptors.clone(),
+            tcp_established: opts.tcp_established,
+        };
+        let resp = match self.send_request(zyg, &ShimRequest::Restore(Box::new(req)), id) {
+            Ok(r) => r,
+            Err(e) => {
+                restore_back(self);
+                let msg = match e {
+                    RuntimeError::Create { msg, .. } => msg,
+                    other => other.to_string(),
+                };
+                return Err(RuntimeError::Restore { id: id.into(), msg });
+            }
+        };
+        let CreateResponse::Ok {
+            init_pid,
+            init_start,
+            shim_pid,
+            shim_start,
+        } = resp
+        else {
+            unreachable!("send_request maps errors")
+        };
+        // A pool zygote brought its own cgroup: the old one is empty now.
+        if cgroup != r.cgroup {
+            let _ = r.cgroup.remove();
+        }
+        let rec = ContainerRecord {
+            init_pid,
+            init_start,
+            shim_pid,
+            shim_start,
+            cgroup,
+            started_at_ms: Some(shim::now_ms()),
+            checkpoint: None,
+            paused: false,
+            ..r
+        };
+        shim::write_json_atomic(&dir.join("state.json"), &rec)
+            .map_err(io_err("writing state.json"))?;
+        tracing::info!(container = %id, pid = init_pid, "restored");
+        Ok(ContainerState {
+            record: rec,
+            status: Status::Running,
+            exit: None,
+        })
     }
 
     /// Stop the pool's zygotes (they exit when their socket closes) and

@@ -50,6 +50,32 @@ pub struct CreateRequest {
     pub log: LogConfig,
 }
 
+/// Restore a checkpointed container; the shim runs `criu restore` so the
+/// restored init becomes its child.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestoreRequest {
+    pub id: String,
+    pub dir: PathBuf,
+    pub rootfs: PathBuf,
+    pub images: PathBuf,
+    pub netns_path: Option<PathBuf>,
+    pub cgroup: Cgroup,
+    /// cgroup.procs files to join before running CRIU (v2: the container's).
+    pub attach: Vec<PathBuf>,
+    pub move_out: Vec<PathBuf>,
+    pub log: LogConfig,
+    pub criu: PathBuf,
+    /// Targets of the init's fds 0-2 at dump time.
+    pub descriptors: Vec<String>,
+    pub tcp_established: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ShimRequest {
+    Create(Box<CreateRequest>),
+    Restore(Box<RestoreRequest>),
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum CreateResponse {
     Ok {
@@ -96,6 +122,7 @@ pub fn maybe_run_shim() {
     let payload = args.next().map(|s| s.to_string_lossy().into_owned());
     let code = match (mode.as_deref(), payload) {
         (Some("zygote"), Some(p)) => zygote_main(&p),
+        (Some("netns"), Some(p)) => netns_main(Path::new(&p)),
         (Some("exec"), Some(p)) => crate::exec::exec_main(&p),
         _ => {
             eprintln!("usage: {SHIM_ARG} zygote|exec JSON");
@@ -103,6 +130,30 @@ pub fn maybe_run_shim() {
         }
     };
     std::process::exit(code);
+}
+
+/// Create a fresh network namespace bound at `path`, with lo up: a
+/// namespace "re-created by path" for a restore or a migration target.
+fn netns_main(path: &Path) -> i32 {
+    // SAFETY: this fresh process is single-threaded; unshare affects only it.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        eprintln!(
+            "flotilla-shim: unshare: {}",
+            std::io::Error::last_os_error()
+        );
+        return 1;
+    }
+    if let Err(e) = init::loopback_up() {
+        eprintln!("flotilla-shim: bringing up lo: {e}");
+        return 1;
+    }
+    match bind_netns_from("/proc/self/ns/net", path) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("flotilla-shim: binding {}: {e}", path.display());
+            1
+        }
+    }
 }
 
 fn zygote_main(payload: &str) -> i32 {
@@ -145,13 +196,11 @@ fn zygote_main(payload: &str) -> i32 {
         Ok(0) | Err(_) => return 0, // pool shut down
         Ok(_) => {}
     }
-    let req: CreateRequest = match serde_json::from_str(&line) {
-        Ok(r) => r,
+    let req = match serde_json::from_str::<ShimRequest>(&line) {
+        Ok(ShimRequest::Create(r)) => *r,
+        Ok(ShimRequest::Restore(r)) => return restore_main(&r, &mut w),
         Err(e) => {
-            let _ = reply(
-                &mut w,
-                &CreateResponse::Err(format!("bad create request: {e}")),
-            );
+            let _ = reply(&mut w, &CreateResponse::Err(format!("bad request: {e}")));
             return 1;
         }
     };
@@ -166,21 +215,160 @@ fn zygote_main(payload: &str) -> i32 {
             let _ = reply(&mut w, &resp);
             drop(w);
             drop(r);
-            // SAFETY: fd 0 belonged to the socket we just dropped; reopen as /dev/null.
-            unsafe {
-                let n = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-                if n > 0 {
-                    libc::dup2(n, 0);
-                    libc::close(n);
-                }
-            }
-            monitor(&req, child, pipes)
+            release_stdin();
+            monitor(&req.dir, &req.cgroup, req.log, &req.move_out, child, pipes)
         }
         Err(msg) => {
             let _ = reply(&mut w, &CreateResponse::Err(msg));
             1
         }
     }
+}
+
+/// fd 0 was the socket to the runtime; keep it occupied by /dev/null.
+fn release_stdin() {
+    // SAFETY: plain open/dup2/close on our own descriptors.
+    unsafe {
+        let n = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if n > 0 {
+            libc::dup2(n, 0);
+            libc::close(n);
+        }
+    }
+}
+
+fn redirect_own_output(dir: &Path) {
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(SHIM_LOG))
+    {
+        // SAFETY: dup2 of a valid fd onto stdout/stderr.
+        unsafe {
+            libc::dup2(f.as_raw_fd(), 1);
+            libc::dup2(f.as_raw_fd(), 2);
+        }
+    }
+}
+
+fn restore_main(req: &RestoreRequest, w: &mut std::os::unix::net::UnixStream) -> i32 {
+    redirect_own_output(&req.dir);
+    match restore(req) {
+        Ok((child, init_start, pipes)) => {
+            let resp = CreateResponse::Ok {
+                init_pid: child,
+                init_start,
+                shim_pid: std::process::id() as i32,
+                shim_start: sys::proc_start_time(std::process::id() as i32).unwrap_or(0),
+            };
+            let _ = reply(w, &resp);
+            release_stdin();
+            monitor(&req.dir, &req.cgroup, req.log, &req.move_out, child, pipes)
+        }
+        Err(msg) => {
+            let _ = reply(w, &CreateResponse::Err(msg));
+            1
+        }
+    }
+}
+
+fn restore(req: &RestoreRequest) -> Result<(i32, u64, Pipes), String> {
+    for f in &req.attach {
+        std::fs::write(f, "0").map_err(|e| format!("joining cgroup {}: {e}", f.display()))?;
+    }
+    let (out_r, out_w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (err_r, err_w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let netns = match &req.netns_path {
+        Some(p) => Some(
+            std::fs::File::open(p)
+                .map_err(|e| format!("opening network namespace {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let work = req.dir.join("criu-work");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|e| format!("creating {}: {e}", work.display()))?;
+    let pidfile = work.join("restore.pid");
+    // The dumped init's stdout/stderr pipes are replaced by new ones to us.
+    let pipe_key = |i: usize| {
+        req.descriptors
+            .get(i)
+            .filter(|d| d.starts_with("pipe:"))
+            .cloned()
+    };
+    let mut keys: Vec<(i32, String)> = vec![];
+    if let Some(k) = pipe_key(1) {
+        keys.push((4, k));
+    }
+    if let Some(k) = pipe_key(2) {
+        if Some(&k) != pipe_key(1).as_ref() {
+            keys.push((5, k));
+        }
+    }
+    let args = crate::criu::restore_args(
+        &req.images,
+        &work,
+        &req.rootfs,
+        netns.is_some(),
+        &keys,
+        &pidfile,
+        req.tcp_established,
+    );
+    let fds: [RawFd; 3] = [
+        netns.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1),
+        out_w.as_raw_fd(),
+        err_w.as_raw_fd(),
+    ];
+    let mut cmd = std::process::Command::new(&req.criu);
+    cmd.args(&args).stdin(std::process::Stdio::null());
+    // SAFETY: only fcntl/dup2 (async-signal-safe) between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            // Move out of the way first so dup2 onto 3..5 cannot clobber a source.
+            let mut high = [-1; 3];
+            for (i, fd) in fds.iter().enumerate() {
+                if *fd >= 0 {
+                    high[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 10);
+                }
+            }
+            for (i, fd) in high.iter().enumerate() {
+                if *fd >= 0 && libc::dup2(*fd, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| format!("running {}: {e}", req.criu.display()))?;
+    drop(netns);
+    if !status.success() {
+        let log = work.join("restore.log");
+        let kept = req.dir.join("restore.log");
+        let _ = std::fs::copy(&log, &kept);
+        return Err(format!(
+            "criu restore failed ({status}); log {}:\n{}",
+            kept.display(),
+            crate::criu::log_errors(&log)
+        ));
+    }
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| "criu restore succeeded but wrote no pid file".to_string())?;
+    drop(out_w);
+    drop(err_w);
+    let start = sys::proc_start_time(pid).map_err(|e| format!("restored init {pid}: {e}"))?;
+    Ok((
+        pid,
+        start,
+        Pipes {
+            stdout: out_r,
+            stderr: err_r,
+        },
+    ))
 }
 
 fn reply(w: &mut std::os::unix::net::UnixStream, r: &CreateResponse) -> std::io::Result<()> {
@@ -200,17 +388,7 @@ fn create(
 ) -> Result<(i32, u64, Pipes), String> {
     let cfg = &req.config;
     // Our own diagnostics go next to the container's state.
-    if let Ok(f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(req.dir.join(SHIM_LOG))
-    {
-        // SAFETY: dup2 of a valid fd onto stdout/stderr.
-        unsafe {
-            libc::dup2(f.as_raw_fd(), 1);
-            libc::dup2(f.as_raw_fd(), 2);
-        }
-    }
+    redirect_own_output(&req.dir);
     let fifo = req.dir.join(FIFO_FILE);
     let fifo_c = sys::cpath(&fifo).map_err(|e| e.to_string())?;
     // SAFETY: valid C string.
@@ -400,6 +578,10 @@ fn write_id_maps(pid: i32, cfg: &ContainerConfig) -> std::io::Result<()> {
 }
 
 fn bind_netns(pid: i32, path: &Path) -> std::io::Result<()> {
+    bind_netns_from(&format!("/proc/{pid}/ns/net"), path)
+}
+
+fn bind_netns_from(src: &str, path: &Path) -> std::io::Result<()> {
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d)?;
     }
@@ -409,17 +591,24 @@ fn bind_netns(pid: i32, path: &Path) -> std::io::Result<()> {
         .write(true)
         .mode(0o444)
         .open(path)?;
-    let src = sys::cstr(&format!("/proc/{pid}/ns/net"))?;
+    let src = sys::cstr(src)?;
     let dst = sys::cpath(path)?;
     sys::mount(Some(&src), &dst, None, libc::MS_BIND, None)
 }
 
-fn monitor(req: &CreateRequest, child: i32, pipes: Pipes) -> i32 {
-    if !req.move_out.is_empty() {
+fn monitor(
+    dir: &Path,
+    cgroup: &Cgroup,
+    log: LogConfig,
+    move_out: &[PathBuf],
+    child: i32,
+    pipes: Pipes,
+) -> i32 {
+    if !move_out.is_empty() {
         // Leave the container's cgroup so we neither count against its
         // limits nor keep it busy. The attach waits for an RCU grace period,
         // so it runs beside the container instead of before it.
-        let files = req.move_out.clone();
+        let files = move_out.to_vec();
         std::thread::spawn(move || {
             for f in files {
                 if let Err(e) = std::fs::write(&f, "0") {
@@ -431,11 +620,11 @@ fn monitor(req: &CreateRequest, child: i32, pipes: Pipes) -> i32 {
             }
         });
     }
-    let writer = match LogWriter::open(&req.dir.join(LOG_FILE), req.log) {
+    let writer = match LogWriter::open(&dir.join(LOG_FILE), log) {
         Ok(w) => Arc::new(Mutex::new(w)),
         Err(e) => {
             eprintln!("flotilla-shim: opening log: {e}");
-            return reap_and_record(req, child, vec![]);
+            return reap_and_record(dir, cgroup, child, vec![]);
         }
     };
     let mut pumps = vec![];
@@ -467,11 +656,12 @@ fn monitor(req: &CreateRequest, child: i32, pipes: Pipes) -> i32 {
         });
         pumps.push(rx);
     }
-    reap_and_record(req, child, pumps)
+    reap_and_record(dir, cgroup, child, pumps)
 }
 
 fn reap_and_record(
-    req: &CreateRequest,
+    dir: &Path,
+    cgroup: &Cgroup,
     child: i32,
     pumps: Vec<std::sync::mpsc::Receiver<()>>,
 ) -> i32 {
@@ -502,8 +692,8 @@ fn reap_and_record(
     } else if libc::WIFSIGNALED(status) {
         info.signal = Some(libc::WTERMSIG(status));
     }
-    info.oom_killed = req.cgroup.oom_kills().map(|n| n > 0).unwrap_or(false);
-    if let Err(e) = write_json_atomic(&req.dir.join(EXIT_FILE), &info) {
+    info.oom_killed = cgroup.oom_kills().map(|n| n > 0).unwrap_or(false);
+    if let Err(e) = write_json_atomic(&dir.join(EXIT_FILE), &info) {
         eprintln!("flotilla-shim: recording exit: {e}");
         return 1;
     }

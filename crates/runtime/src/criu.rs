@@ -1,0 +1,306 @@
+//! Checkpoint and restore with CRIU, driven through its command line (the
+//! same binary and flags runc uses; see /work/shared/criu.md). The network
+//! namespace is always external (joined by path on restore), cgroups are the
+//! runtime's job (`--manage-cgroups=ignore`), and the container's stdio pipes
+//! to its shim are handed over with `--inherit-fd`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+/// File in the image directory describing what the restore needs.
+pub const META_FILE: &str = "flotilla-checkpoint.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CriuError {
+    #[error("criu not found at {0} (run deploy/install-deps.sh or set FLOTILLA_CRIU)")]
+    NotFound(PathBuf),
+    #[error("running {what}")]
+    Spawn {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// CRIU failed; the message carries the relevant lines of its log.
+    #[error("criu {op} failed (exit {code:?}); log {log}:\n{lines}")]
+    Failed {
+        op: &'static str,
+        code: Option<i32>,
+        log: PathBuf,
+        lines: String,
+    },
+}
+
+/// Where to find CRIU: FLOTILLA_CRIU, then the path deploy/install-deps.sh
+/// recorded, then `criu` on PATH.
+pub fn default_criu_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("FLOTILLA_CRIU") {
+        return PathBuf::from(p);
+    }
+    if let Ok(s) = std::fs::read_to_string("/opt/flotilla/criu.path") {
+        let p = PathBuf::from(s.trim());
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from("criu")
+}
+
+/// CRIU's version and the kernel features the migration strategy depends on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CriuInfo {
+    pub path: PathBuf,
+    pub version: String,
+    /// Soft-dirty tracking: pre-copy (iterative pre-dump) is possible.
+    pub mem_dirty_track: bool,
+    pub uffd: bool,
+    /// Lazy pages (post-copy) need non-cooperative userfaultfd.
+    pub uffd_noncoop: bool,
+    pub network_lock_nftables: bool,
+    pub timens: bool,
+}
+
+pub fn info(criu: &Path) -> Result<CriuInfo, CriuError> {
+    let out = Command::new(criu)
+        .arg("--version")
+        .output()
+        .map_err(|e| spawn_err(criu, e))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Version:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default();
+    let feature = |name: &str| -> bool {
+        Command::new(criu)
+            .args(["check", "--feature", name])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    Ok(CriuInfo {
+        path: criu.to_path_buf(),
+        version,
+        mem_dirty_track: feature("mem_dirty_track"),
+        uffd: feature("uffd"),
+        uffd_noncoop: feature("uffd-noncoop"),
+        network_lock_nftables: feature("network_lock_nftables"),
+        timens: feature("timens"),
+    })
+}
+
+fn spawn_err(criu: &Path, e: std::io::Error) -> CriuError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        CriuError::NotFound(criu.to_path_buf())
+    } else {
+        CriuError::Spawn {
+            what: criu.display().to_string(),
+            source: e,
+        }
+    }
+}
+
+/// What a restore needs beyond CRIU's images.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    pub id: String,
+    pub config: crate::config::ContainerConfig,
+    pub lower_dirs: Vec<PathBuf>,
+    /// Targets of the init's fds 0-2 at dump time ("pipe:[123]", "/dev/null").
+    pub descriptors: Vec<String>,
+    pub tcp_established: bool,
+    pub created_at_ms: u64,
+}
+
+/// The lines of a CRIU log worth showing: errors, with the rlimit warning
+/// every run prints here (no CAP_SYS_RESOURCE) left out.
+pub fn log_errors(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("Error") || l.contains("BUG"))
+        .filter(|l| !l.contains("Can't setup RLIMIT_NOFILE"))
+        .collect();
+    let tail = if lines.len() > 12 {
+        &lines[lines.len() - 12..]
+    } else {
+        &lines[..]
+    };
+    if tail.is_empty() {
+        // No error lines: show the end of the log instead.
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(8)..].join("\n")
+    } else {
+        tail.join("\n")
+    }
+}
+
+pub struct DumpArgs<'a> {
+    pub criu: &'a Path,
+    pub pid: i32,
+    pub images: &'a Path,
+    pub rootfs: &'a Path,
+    pub netns: Option<&'a Path>,
+    pub tcp_established: bool,
+    pub after: crate::runtime::AfterCheckpoint,
+}
+
+pub fn dump(a: &DumpArgs) -> Result<(), CriuError> {
+    let mut cmd = Command::new(a.criu);
+    cmd.arg("dump")
+        .arg("-t")
+        .arg(a.pid.to_string())
+        .arg("-D")
+        .arg(a.images)
+        .args(["-o", "dump.log", "-v4"])
+        .arg("--root")
+        .arg(a.rootfs)
+        .arg("--manage-cgroups=ignore")
+        .args(["--network-lock", "nftables"])
+        .arg("--file-locks");
+    if let Some(ns) = a.netns {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(ns)
+            .map_err(|e| CriuError::Spawn {
+                what: format!("stat {}", ns.display()),
+                source: e,
+            })?
+            .ino();
+        cmd.arg("--external")
+            .arg(format!("net[{ino}]:extRootNetNS"));
+    }
+    if a.tcp_established {
+        cmd.arg("--tcp-established");
+    }
+    match a.after {
+        crate::runtime::AfterCheckpoint::Kill => {}
+        crate::runtime::AfterCheckpoint::Stop => {
+            cmd.arg("--leave-stopped");
+        }
+        crate::runtime::AfterCheckpoint::Run => {
+            cmd.arg("--leave-running");
+        }
+    }
+    let out = cmd.output().map_err(|e| spawn_err(a.criu, e))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let log = a.images.join("dump.log");
+    Err(CriuError::Failed {
+        op: "dump",
+        code: out.status.code(),
+        lines: log_errors(&log),
+        log,
+    })
+}
+
+/// Arguments for `criu restore`; fds 3 (netns), 4 and 5 (new stdout and
+/// stderr pipes) must be open in the child as named here.
+pub fn restore_args(
+    images: &Path,
+    work: &Path,
+    rootfs: &Path,
+    netns: bool,
+    stdio_keys: &[(i32, String)],
+    pidfile: &Path,
+    tcp_established: bool,
+) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "restore".into(),
+        "-D".into(),
+        images.display().to_string(),
+        "-W".into(),
+        work.display().to_string(),
+        "-o".into(),
+        "restore.log".into(),
+        "-v4".into(),
+        "--root".into(),
+        rootfs.display().to_string(),
+        "--manage-cgroups=ignore".into(),
+        "--network-lock".into(),
+        "nftables".into(),
+        "--file-locks".into(),
+        // The restored init becomes the caller's child, so the shim can wait for it.
+        "--restore-sibling".into(),
+        "--restore-detached".into(),
+        "--pidfile".into(),
+        pidfile.display().to_string(),
+    ];
+    if netns {
+        v.push("--inherit-fd".into());
+        v.push("fd[3]:extRootNetNS".into());
+    }
+    for (fd, key) in stdio_keys {
+        v.push("--inherit-fd".into());
+        v.push(format!("fd[{fd}]:{key}"));
+    }
+    if tcp_established {
+        v.push("--tcp-established".into());
+    }
+    v
+}
+
+/// Remove CRIU's network lock from a namespace: after a failed dump or
+/// restore (CRIU leaves it, criu issue 2828) and after a dump that leaves
+/// the container running. With `--network-lock nftables` the lock is one
+/// `inet CRIU-<id>` table.
+pub fn remove_network_lock(netns: &Path) {
+    let ns_arg = format!("--net={}", netns.display());
+    let Ok(out) = Command::new("nsenter")
+        .args([ns_arg.as_str(), "nft", "list", "tables"])
+        .output()
+    else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut it = line.split_whitespace();
+        if let (Some("table"), Some(family), Some(name)) = (it.next(), it.next(), it.next()) {
+            if name.starts_with("CRIU") {
+                let _ = Command::new("nsenter")
+                    .args([ns_arg.as_str(), "nft", "delete", "table", family, name])
+                    .output();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_args_map_stdio_and_netns() {
+        let a = restore_args(
+            Path::new("/img"),
+            Path::new("/w"),
+            Path::new("/r"),
+            true,
+            &[(4, "pipe:[1]".into()), (5, "pipe:[2]".into())],
+            Path::new("/w/pid"),
+            true,
+        );
+        let s = a.join(" ");
+        assert!(s.contains("--inherit-fd fd[3]:extRootNetNS"), "{s}");
+        assert!(
+            s.contains("--inherit-fd fd[4]:pipe:[1] --inherit-fd fd[5]:pipe:[2]"),
+            "{s}"
+        );
+        assert!(s.contains("--tcp-established"));
+        assert!(s.contains("--restore-sibling"));
+        assert!(s.contains("--manage-cgroups=ignore"));
+    }
+
+    #[test]
+    fn log_errors_skip_the_rlimit_noise() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.log");
+        std::fs::write(
+            &p,
+            "(0.1) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self\n(0.2) Error (criu/files.c:1): real problem\n",
+        )
+        .unwrap();
+        let e = log_errors(&p);
+        assert!(e.contains("real problem") && !e.contains("RLIMIT"), "{e}");
+    }
+}
