@@ -103,7 +103,8 @@ pub fn exec_main(payload: &str) -> i32 {
         return fail(format!("fork: {}", std::io::Error::last_os_error()));
     }
     if pid == 0 {
-        let msg = child(p, seccomp.as_ref(), last_cap);
+        let userns = req.namespaces.contains(&NsKind::User);
+        let msg = child(p, seccomp.as_ref(), last_cap, userns);
         eprintln!("flotilla-exec: {msg}");
         // SAFETY: end the child without unwinding.
         unsafe { libc::_exit(127) };
@@ -133,68 +134,24 @@ pub fn exec_main(payload: &str) -> i32 {
     }
 }
 
-fn child(p: &ProcessSpec, seccomp: Option<&security::SeccompProgram>, last_cap: u32) -> String {
+fn child(
+    p: &ProcessSpec,
+    seccomp: Option<&security::SeccompProgram>,
+    last_cap: u32,
+    userns: bool,
+) -> String {
     if let Err(e) = std::env::set_current_dir(&p.cwd) {
         return format!("cwd {}: {e}", p.cwd.display());
     }
     if let Err(e) = security::apply_rlimits(&p.rlimits) {
         return format!("rlimits: {e}");
     }
-    let exe = match crate::init::resolve_command(&p.args[0], &p.env, &p.cwd) {
-        Ok(e) => e,
-        Err(e) => return e,
-    };
-    // SAFETY: plain syscalls.
-    unsafe {
-        if libc::setgroups(p.additional_gids.len(), p.additional_gids.as_ptr()) != 0
-            && !p.additional_gids.is_empty()
-        {
-            return format!("additional gids: {}", std::io::Error::last_os_error());
-        }
-        if libc::setresgid(p.gid, p.gid, p.gid) != 0 {
-            return format!("gid {}: {}", p.gid, std::io::Error::last_os_error());
-        }
-        for cap in 0..=last_cap {
-            if p.caps.bounding & (1u64 << cap) == 0 {
-                libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
-            }
-        }
-        if p.uid != 0 {
-            libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0);
-        }
-        if libc::setresuid(p.uid, p.uid, p.uid) != 0 {
-            return format!("uid {}: {}", p.uid, std::io::Error::last_os_error());
-        }
+    // Fail early with a clear message if the command is missing.
+    if let Err(e) = crate::init::resolve_command(&p.args[0], &p.env, &p.cwd) {
+        return e;
     }
-    if let Err(e) = security::apply_caps(&p.caps, last_cap) {
-        return format!("capabilities: {e}");
+    if let Err(e) = crate::init::take_identity(p, last_cap, userns) {
+        return e;
     }
-    if p.no_new_privs {
-        if let Err(e) = security::set_no_new_privs() {
-            return format!("no_new_privs: {e}");
-        }
-    }
-    let argv: Vec<std::ffi::CString> = match p.args.iter().map(|s| sys::cstr(s)).collect() {
-        Ok(v) => v,
-        Err(e) => return format!("args: {e}"),
-    };
-    let envp: Vec<std::ffi::CString> = match p.env.iter().map(|s| sys::cstr(s)).collect() {
-        Ok(v) => v,
-        Err(e) => return format!("env: {e}"),
-    };
-    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
-    argv_p.push(std::ptr::null());
-    let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|s| s.as_ptr()).collect();
-    envp_p.push(std::ptr::null());
-    if let Err(e) = sys::cloexec_from(3) {
-        return format!("closing inherited fds: {e}");
-    }
-    if let Some(s) = seccomp {
-        if let Err(e) = security::apply_seccomp(s) {
-            return format!("seccomp: {e}");
-        }
-    }
-    // SAFETY: NUL-terminated arrays of valid C strings.
-    unsafe { libc::execve(exe.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr()) };
-    format!("exec {:?}: {}", p.args[0], std::io::Error::last_os_error())
+    crate::init::exec_process(p, seccomp)
 }

@@ -11,7 +11,7 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
-use crate::config::{ContainerConfig, NsKind};
+use crate::config::{ContainerConfig, NsKind, ProcessSpec};
 use crate::security::{self, SeccompProgram};
 use crate::sys::{self, cpath, cstr, fd_path};
 
@@ -164,14 +164,19 @@ fn setup(a: &InitArgs) -> R<()> {
 }
 
 fn set_identity(a: &InitArgs) -> R<()> {
-    let p = &a.cfg.process;
+    take_identity(&a.cfg.process, a.last_cap, a.cfg.ns(NsKind::User).is_some())
+}
+
+/// Groups, gid, bounding set, uid (keeping capabilities across it), then the
+/// capability sets: the container's identity, for init and for exec.
+pub(crate) fn take_identity(p: &ProcessSpec, last_cap: u32, userns: bool) -> R<()> {
     // SAFETY: plain syscalls with valid pointers.
     unsafe {
         let groups: Vec<libc::gid_t> = p.additional_gids.clone();
         if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
             let e = std::io::Error::last_os_error();
             // setgroups is refused in a user ns with setgroups=deny.
-            if !(a.cfg.ns(NsKind::User).is_some() && groups.is_empty()) {
+            if !(userns && groups.is_empty()) {
                 return Err(format!("process.user.additionalGids: {e}"));
             }
         }
@@ -183,7 +188,7 @@ fn set_identity(a: &InitArgs) -> R<()> {
             ));
         }
         // Drop the bounding set while we still hold CAP_SETPCAP.
-        for cap in 0..=a.last_cap {
+        for cap in 0..=last_cap {
             if p.caps.bounding & (1u64 << cap) == 0 {
                 libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
             }
@@ -202,7 +207,7 @@ fn set_identity(a: &InitArgs) -> R<()> {
             libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0);
         }
     }
-    security::apply_caps(&p.caps, a.last_cap).map_err(|e| format!("process.capabilities: {e}"))?;
+    security::apply_caps(&p.caps, last_cap).map_err(|e| format!("process.capabilities: {e}"))?;
     Ok(())
 }
 
@@ -221,6 +226,12 @@ fn start_and_exec(a: &InitArgs) -> String {
         libc::close(fd);
         libc::close(a.fifo_fd);
     }
+    exec_process(p, a.seccomp)
+}
+
+/// no_new_privs, close inherited fds, seccomp last, execve. Returns only on
+/// failure, with the reason.
+pub(crate) fn exec_process(p: &ProcessSpec, seccomp: Option<&SeccompProgram>) -> String {
     if p.no_new_privs {
         if let Err(e) = security::set_no_new_privs() {
             return format!("no_new_privs: {e}");
@@ -246,7 +257,7 @@ fn start_and_exec(a: &InitArgs) -> String {
         return format!("closing inherited fds: {e}");
     }
     // Seccomp last: nothing after it but execve.
-    if let Some(prog) = a.seccomp {
+    if let Some(prog) = seccomp {
         if let Err(e) = security::apply_seccomp(prog) {
             return format!("linux.seccomp: {e}");
         }

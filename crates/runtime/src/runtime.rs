@@ -204,6 +204,14 @@ pub struct ExecOptions {
     pub gid: Option<u32>,
 }
 
+/// The processes a shim answered with.
+struct Spawned {
+    init_pid: i32,
+    init_start: u64,
+    shim_pid: i32,
+    shim_start: u64,
+}
+
 struct Zygote {
     child: std::process::Child,
     sock: UnixStream,
@@ -586,15 +594,12 @@ impl Runtime {
             log: self.inner.cfg.log,
         };
         let resp = self.send_request(zyg, &ShimRequest::Create(Box::new(req)), &opts.id)?;
-        let CreateResponse::Ok {
+        let Spawned {
             init_pid,
             init_start,
             shim_pid,
             shim_start,
-        } = resp
-        else {
-            unreachable!("send_request maps errors")
-        };
+        } = resp;
         let record = ContainerRecord {
             id: opts.id.clone(),
             created_at_ms: shim::now_ms(),
@@ -632,7 +637,7 @@ impl Runtime {
         mut z: Zygote,
         req: &ShimRequest,
         id: &str,
-    ) -> Result<CreateResponse, RuntimeError> {
+    ) -> Result<Spawned, RuntimeError> {
         let mut line = serde_json::to_string(req).expect("serializable");
         line.push('\n');
         let fail = |rt: &Runtime, z: Zygote, msg: String| {
@@ -651,7 +656,17 @@ impl Runtime {
             return Err(fail(self, z, format!("no answer from shim: {e}")));
         }
         match serde_json::from_str::<CreateResponse>(&resp) {
-            Ok(CreateResponse::Ok { .. }) => Ok(serde_json::from_str(&resp).expect("parsed")),
+            Ok(CreateResponse::Ok {
+                init_pid,
+                init_start,
+                shim_pid,
+                shim_start,
+            }) => Ok(Spawned {
+                init_pid,
+                init_start,
+                shim_pid,
+                shim_start,
+            }),
             Ok(CreateResponse::Err(msg)) => {
                 // The shim exits after a failed create; reap it so its cgroup empties.
                 let _ = z.child.wait();
@@ -1312,15 +1327,12 @@ impl Runtime {
                 return Err(RuntimeError::Restore { id: id.into(), msg });
             }
         };
-        let CreateResponse::Ok {
+        let Spawned {
             init_pid,
             init_start,
             shim_pid,
             shim_start,
-        } = resp
-        else {
-            unreachable!("send_request maps errors")
-        };
+        } = resp;
         // A pool zygote brought its own cgroup: the old one is empty now.
         if cgroup != r.cgroup {
             let _ = r.cgroup.remove();
