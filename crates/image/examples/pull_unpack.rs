@@ -1,0 +1,2 @@
+//! Placeholder until the pull/unpack benchmark lands.
+fn main() {}
