@@ -1,0 +1,807 @@
+//! Types of the replicated cluster state: the Raft command (`VersionedCommand`), its apply
+//! result (`CommandResult`), the objects the state machine holds, and the controller's cluster
+//! endpoints.
+//!
+//! # Compatibility rule
+//!
+//! Commands are persisted in the Raft log and replayed after upgrades, so this module is a
+//! serialization boundary with a version:
+//!
+//! * **Add new `Command` variants, never change or remove old ones.** A variant's tag and the
+//!   meaning of its fields are fixed once released.
+//! * A new field on an existing struct must be optional (`#[serde(default)]`) and its absence
+//!   must mean the old behaviour.
+//! * `VersionedCommand::v` is bumped when a release adds variants; a leader proposes a version
+//!   only when every member understands it (checked by the API layer that proposes commands).
+//! * Nothing here reads a clock or mints an id: time (`at_ms`, the proposer's wall clock, kept
+//!   as data and never compared across machines) and ids come from the proposer.
+//!
+//! Every object carries `revision`, the Raft log index that last modified it. A command with
+//! `expect_revision: Some(r)` applies only when the object's current revision is `r` (`0`
+//! meaning "does not exist yet"); otherwise the result is `CommandResult::Conflict`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The command schema version this build writes.
+pub const COMMAND_VERSION: u16 = 1;
+
+/// How many events the cluster keeps (oldest dropped first).
+pub const EVENTS_CAPACITY: usize = 1000;
+
+/// The payload of one Raft log entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionedCommand {
+    pub v: u16,
+    pub command: Command,
+}
+
+impl VersionedCommand {
+    pub fn new(command: Command) -> Self {
+        Self {
+            v: COMMAND_VERSION,
+            command,
+        }
+    }
+}
+
+impl From<Command> for VersionedCommand {
+    fn from(command: Command) -> Self {
+        Self::new(command)
+    }
+}
+
+/// Every change to the cluster state. Append variants; never change released ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    RegisterNode(RegisterNode),
+    UpdateNode(UpdateNode),
+    RemoveNode(RemoveNode),
+    NodeHeartbeat(NodeHeartbeat),
+    PutWorkload(PutWorkload),
+    DeleteWorkload(DeleteWorkload),
+    PutInstancePlacement(PutInstancePlacement),
+    ReportInstanceState(ReportInstanceState),
+    ChangeInstanceOwner(ChangeInstanceOwner),
+    DeleteInstance(DeleteInstance),
+    PutService(PutService),
+    DeleteService(DeleteService),
+    StartMigration(StartMigration),
+    AdvanceMigration(AdvanceMigration),
+    PutToken(PutToken),
+    RevokeToken(RevokeToken),
+}
+
+impl Command {
+    /// The proposer's time carried by the command.
+    pub fn at_ms(&self) -> u64 {
+        match self {
+            Command::RegisterNode(c) => c.at_ms,
+            Command::UpdateNode(c) => c.at_ms,
+            Command::RemoveNode(c) => c.at_ms,
+            Command::NodeHeartbeat(c) => c.at_ms,
+            Command::PutWorkload(c) => c.at_ms,
+            Command::DeleteWorkload(c) => c.at_ms,
+            Command::PutInstancePlacement(c) => c.at_ms,
+            Command::ReportInstanceState(c) => c.at_ms,
+            Command::ChangeInstanceOwner(c) => c.at_ms,
+            Command::DeleteInstance(c) => c.at_ms,
+            Command::PutService(c) => c.at_ms,
+            Command::DeleteService(c) => c.at_ms,
+            Command::StartMigration(c) => c.at_ms,
+            Command::AdvanceMigration(c) => c.at_ms,
+            Command::PutToken(c) => c.at_ms,
+            Command::RevokeToken(c) => c.at_ms,
+        }
+    }
+
+    /// The objects this command may modify (besides the event ring). The state machine's store
+    /// persists exactly these after applying it.
+    pub fn touched(&self) -> Vec<ObjectKey> {
+        match self {
+            Command::RegisterNode(c) => vec![ObjectKey::Node(c.node.id.clone())],
+            Command::UpdateNode(c) => vec![ObjectKey::Node(c.id.clone())],
+            Command::RemoveNode(c) => vec![ObjectKey::Node(c.id.clone())],
+            Command::NodeHeartbeat(c) => vec![ObjectKey::Node(c.node_id.clone())],
+            Command::PutWorkload(c) => vec![ObjectKey::Workload(c.spec.name.clone())],
+            Command::DeleteWorkload(c) => vec![ObjectKey::Workload(c.name.clone())],
+            Command::PutInstancePlacement(c) => vec![ObjectKey::Instance(c.instance_id.clone())],
+            Command::ReportInstanceState(c) => vec![ObjectKey::Instance(c.instance_id.clone())],
+            Command::ChangeInstanceOwner(c) => vec![ObjectKey::Instance(c.instance_id.clone())],
+            Command::DeleteInstance(c) => vec![ObjectKey::Instance(c.instance_id.clone())],
+            Command::PutService(c) => vec![ObjectKey::Service(c.service.name.clone())],
+            Command::DeleteService(c) => vec![ObjectKey::Service(c.name.clone())],
+            Command::StartMigration(c) => vec![
+                ObjectKey::Migration(c.id.clone()),
+                ObjectKey::Instance(c.instance_id.clone()),
+            ],
+            Command::AdvanceMigration(c) => vec![
+                ObjectKey::Migration(c.id.clone()),
+                ObjectKey::Instance(c.instance_id.clone()),
+            ],
+            Command::PutToken(c) => vec![ObjectKey::Token(c.token.id.clone())],
+            Command::RevokeToken(c) => vec![ObjectKey::Token(c.id.clone())],
+        }
+    }
+}
+
+/// Names one object of the cluster state.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "id", rename_all = "snake_case")]
+pub enum ObjectKey {
+    Node(String),
+    Workload(String),
+    Instance(String),
+    Service(String),
+    Migration(String),
+    Token(String),
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ObjectKey::Node(id) => write!(f, "node/{id}"),
+            ObjectKey::Workload(id) => write!(f, "workload/{id}"),
+            ObjectKey::Instance(id) => write!(f, "instance/{id}"),
+            ObjectKey::Service(id) => write!(f, "service/{id}"),
+            ObjectKey::Migration(id) => write!(f, "migration/{id}"),
+            ObjectKey::Token(id) => write!(f, "token/{id}"),
+        }
+    }
+}
+
+/// The outcome of applying one log entry. Refusals are results, not errors: every replica
+/// computes the same one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum CommandResult {
+    /// The command changed the state; `revision` is the entry's log index.
+    Applied { revision: u64 },
+    /// `expect_revision` did not match; `current` is the object's revision (0: absent).
+    Conflict { current: u64 },
+    /// The command or report named an epoch that is not the instance's current one.
+    StaleEpoch { current: u64 },
+    /// The object the command refers to does not exist.
+    NotFound { key: ObjectKey },
+    /// Refused for a reason that is the same on every replica (invalid phase transition, stale
+    /// lease renewal, unknown command version...).
+    Rejected { reason: String },
+}
+
+impl CommandResult {
+    pub fn is_applied(&self) -> bool {
+        matches!(self, CommandResult::Applied { .. })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Nodes
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Capacity {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+}
+
+/// What an agent reports about its node when it registers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    pub id: String,
+    /// Where the agent's API is reached.
+    pub address: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub capacity: Capacity,
+    /// Feature name → version or detail (CRIU version, cgroup mode, overlay modes...).
+    #[serde(default)]
+    pub features: BTreeMap<String, String>,
+}
+
+/// A node lease renewal, ordered by (`leader_term`, `seq`) without any clock.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeLease {
+    /// Raft term of the leader that granted the renewal.
+    pub leader_term: u64,
+    /// Renewal counter chosen by that leader, increasing within a term.
+    pub seq: u64,
+    /// Lease length the leader counts on its own monotonic clock.
+    pub ttl_ms: u64,
+    /// The leader's wall clock at renewal: information for humans, never compared.
+    pub renewed_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRecord {
+    #[serde(flatten)]
+    pub info: NodeInfo,
+    /// False when cordoned.
+    pub schedulable: bool,
+    pub lease: Option<NodeLease>,
+    pub registered_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub revision: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisterNode {
+    pub node: NodeInfo,
+    #[serde(default)]
+    pub expect_revision: Option<u64>,
+    pub at_ms: u64,
+}
+
+/// Changes the given fields of a registered node; absent fields stay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateNode {
+    pub id: String,
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub capacity: Option<Capacity>,
+    #[serde(default)]
+    pub features: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub schedulable: Option<bool>,
+    #[serde(default)]
+    pub expect_revision: Option<u64>,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoveNode {
+    pub id: String,
+    #[serde(default)]
+    pub expect_revision: Option<u64>,
+    pub at_ms: u64,
+}
+
+/// Lease renewal. A renewal not newer than the stored one is refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeHeartbeat {
+    pub node_id: String,
+    pub lease: NodeLease,
+    pub at_ms: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workloads
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadResources {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortSpec {
+    pub name: String,
+    pub container_port: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelConstraint {
+    pub key: String,
+    pub op: ConstraintOp,
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConstraintOp {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlacementStrategy {
+    #[default]
+    Binpack,
+    Spread,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    #[serde(default)]
+    pub constraints: Vec<LabelConstraint>,
+    #[serde(default)]
+    pub strategy: PlacementStrategy,
+    /// Never two replicas on one node.
+    #[serde(default)]
+    pub anti_affinity: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationPolicy {
+    Live,
+    #[default]
+    Cold,
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateStrategy {
+    pub max_unavailable: u32,
+    pub max_surge: u32,
+}
+
+impl Default for UpdateStrategy {
+    fn default() -> Self {
+        Self {
+            max_unavailable: 1,
+            max_surge: 1,
+        }
+    }
+}
+
+/// A workload as declared. Deep validation belongs to the API layer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadSpec {
+    pub name: String,
+    pub image: String,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub resources: WorkloadResources,
+    #[serde(default)]
+    pub replicas: u32,
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+    #[serde(default)]
+    pub placement: Placement,
+    #[serde(default)]
+    pub migration_policy: MigrationPolicy,
+    #[serde(default)]
+    pub update_strategy: UpdateStrategy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadRecord {
+    pub spec: WorkloadSpec,
+    /// Bumped whenever the spec changes (the update strategy rolls instances to it).
+    pub generation: u64,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub revision: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PutWorkload {
+    pub spec: WorkloadSpec,
+    #[serde(default)]
+    pub expect_revision: Option<u64>,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteWorkload {
+    pub name: String,
+    #[serde(default)]
+    pub expect_revision: Option<u64>,
+    pub at_ms: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Instances (reliability.md §2.3: owner, epoch, phase)
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstancePhase {
+    #[default]
+    Scheduled,
+    Running,
+    Migrating,
+    Stopping,
+    Stopped,
+    Failed,
+    Lost,
+}
+
+/// What the owning agent observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObservedState {
+    Pending,
+    Starting,
+    Running,
+    Exited,
+    Failed,
+    Stopped,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitReason {
+    #[serde(default)]
+    pub code: Option<i32>,
+    #[serde(default)]
+    pub signal: Option<i32>,
+    #[serde(default)]
+    pub oom_killed: bool,
+    #[serde(default)]
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceObserved {
+    pub state: ObservedState,
+    pub exit: Option<ExitReason>,
+    pub ip: Option<String>,
+    pub reported_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceRecord {
+    pub id: String,
+    pub workload: String,
+    pub owner_node: Option<String>,
+    /// Bumped on every ownership change; reports carrying another epoch are refused.
+    pub epoch: u64,
+    pub phase: InstancePhase,
+    pub observed: Option<InstanceObserved>,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub revision: u64,
+}
+
+/// Scheduler decision: create the instance (epoch 1) or move it to `owner_node` (epoch + 1 when
+/// the owner changes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PutInstancePlacement {
+    pub instance_id: String,
+    pub workload: String,
+    pub owner_node: Option<String>,
+    #[serde(default)]
+    pub expect_revision: Option<u64>,
+    pub at_ms: u64,
+}
+
+/// An agent's report; refused unless `epoch` is current and `node_id` owns the instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportInstanceState {
+    pub instance_id: String,
+    pub node_id: String,
+    pub epoch: u64,
+    pub state: ObservedState,
+    #[serde(default)]
+    pub exit: Option<ExitReason>,
+    #[serde(default)]
+    pub ip: Option<String>,
+    pub at_ms: u64,
+}
+
+/// Fenced ownership change (failover): applies only at `expect_epoch`, then bumps the epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangeInstanceOwner {
+    pub instance_id: String,
+    pub expect_epoch: u64,
+    pub new_owner: Option<String>,
+    pub phase: InstancePhase,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteInstance {
+    pub instance_id: String,
+    #[serde(default)]
+    pub expect_revision: Option<u64>,
+    pub at_ms: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Services
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    pub name: String,
+    pub port: u16,
+    pub target_port: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    pub name: String,
+    /// The workload whose instances back the service.
+    pub workload: String,
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+    /// Virtual IP, allocated by the proposer.
+    #[serde(default)]
+    pub vip: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceRecord {
+    pub spec: ServiceSpec,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub revision: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PutService {
+    pub service: ServiceSpec,
+    #[serde(default)]
+    pub expect_revision: Option<u64>,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteService {
+    pub name: String,
+    #[serde(default)]
+    pub expect_revision: Option<u64>,
+    pub at_ms: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Migrations (reliability.md §2.5: the Raft commit is the point of no return)
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationPhase {
+    Preparing,
+    Freezing,
+    Restored,
+    Committed,
+    Done,
+    Aborted,
+}
+
+impl MigrationPhase {
+    /// Whether `self → next` is a legal step: forward one phase at a time, or abort before the
+    /// commit.
+    pub fn can_advance_to(self, next: MigrationPhase) -> bool {
+        use MigrationPhase::*;
+        matches!(
+            (self, next),
+            (Preparing, Freezing)
+                | (Freezing, Restored)
+                | (Restored, Committed)
+                | (Committed, Done)
+                | (Preparing | Freezing | Restored, Aborted)
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationRecord {
+    pub id: String,
+    pub instance_id: String,
+    pub source_node: String,
+    pub target_node: String,
+    /// The instance's epoch when the migration started; the commit makes it `epoch + 1`.
+    pub epoch: u64,
+    pub phase: MigrationPhase,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub revision: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StartMigration {
+    pub id: String,
+    pub instance_id: String,
+    pub source_node: String,
+    pub target_node: String,
+    pub expect_epoch: u64,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdvanceMigration {
+    pub id: String,
+    pub instance_id: String,
+    pub phase: MigrationPhase,
+    pub at_ms: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokens
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenRole {
+    /// Lets an agent join as a node.
+    NodeJoin,
+    /// Lets a controller join the Raft group.
+    ControllerJoin,
+    Admin,
+    ReadOnly,
+}
+
+/// A token as stored: only the hash of its secret, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenInfo {
+    pub id: String,
+    /// Hex SHA-256 of the secret, computed by the proposer.
+    pub secret_sha256: String,
+    pub role: TokenRole,
+    #[serde(default)]
+    pub description: String,
+    /// Proposer's wall clock; compared by the API layer, never inside apply.
+    #[serde(default)]
+    pub expires_at_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRecord {
+    pub token: TokenInfo,
+    pub revoked: bool,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub revision: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PutToken {
+    pub token: TokenInfo,
+    #[serde(default)]
+    pub expect_revision: Option<u64>,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevokeToken {
+    pub id: String,
+    pub at_ms: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    /// Position in the ring's history, starting at 1.
+    pub seq: u64,
+    /// Log index of the command that produced it.
+    pub revision: u64,
+    pub at_ms: u64,
+    pub subject: ObjectKey,
+    /// Short machine-readable reason (`registered`, `owner_changed`, ...).
+    pub reason: String,
+    pub message: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Controller cluster endpoints
+// ---------------------------------------------------------------------------------------------
+
+/// Where a controller is reached: the Raft node type stored in the membership.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ControllerAddr {
+    /// host:port of the internal Raft listener.
+    pub raft_addr: String,
+    /// host:port of the public API listener.
+    pub api_addr: String,
+}
+
+impl fmt::Display for ControllerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "raft={} api={}", self.raft_addr, self.api_addr)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberRole {
+    Leader,
+    Voter,
+    Learner,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberInfo {
+    pub id: u64,
+    pub addr: ControllerAddr,
+    pub role: MemberRole,
+    /// Last log index the leader knows this member has (leader only).
+    #[serde(default)]
+    pub matched_index: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    pub id: u64,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub state: String,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    pub members: Vec<MemberInfo>,
+}
+
+/// Ask the cluster to add a controller (as a learner, then as a voter when `voter`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AddMemberRequest {
+    pub id: u64,
+    pub addr: ControllerAddr,
+    #[serde(default = "yes")]
+    pub voter: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The outcome of a committed write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteResponse {
+    pub index: u64,
+    pub result: CommandResult,
+}

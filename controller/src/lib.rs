@@ -1,0 +1,9 @@
+//! Flotilla's controller: the Raft-replicated cluster state.
+//!
+//! * `state`: the pure, deterministic state machine (`ClusterState::apply`).
+//! * `store`: redb storage for openraft (log, vote, state machine, snapshots).
+//! * `raft`: the openraft type configuration; openraft types stay behind this crate's modules.
+
+pub mod raft;
+pub mod state;
+pub mod store;
