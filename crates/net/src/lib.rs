@@ -18,6 +18,26 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Design notes:
+//! - IPs are explicit (leases in `state_dir/network.json`), never derived from
+//!   interface state, and the MAC is a function of the IP (`0a:58:` + the
+//!   address), so a container that moves nodes keeps both
+//!   ([`NodeNetwork::lease_specific`], then [`NodeNetwork::attach`]).
+//! - The container end of the veth pair is created directly inside the
+//!   container's namespace (`IFLA_NET_NS_FD` on the peer), named `eth0`: it
+//!   never exists under a temporary name in the node's namespace.
+//! - The nftables table is re-rendered whole from persisted state on every
+//!   change (one `nft` transaction), so restarts and crashes converge.
+//!
+//! Known limitations:
+//! - A container that connects to its *own* published port through a node
+//!   address gets no answer: after DNAT the packet's source equals its
+//!   destination and the kernel's input routing drops it (seen on 6.18 in
+//!   `ip_rcv_finish_core`). Other containers (hairpin masquerade), the node
+//!   itself and other machines work.
+//! - Published ports on `127.0.0.1` are not forwarded (that needs
+//!   `route_localnet`); IPv4 only.
+//!
 //! Module map: `node` (the [`NodeNetwork`] API), `worker` (the thread that
 //! lives in the node's namespace and owns the netlink socket), `nl`
 //! (rtnetlink helpers), `nft` (the table, rendered from state), `state`
