@@ -777,3 +777,68 @@ impl NodeNetwork {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The agent spawns these futures on a multi-threaded runtime: they must
+    /// be `Send`, and the handle shareable. (Compile-time check.)
+    #[allow(dead_code, clippy::let_underscore_future)]
+    fn futures_are_send(n: &NodeNetwork) {
+        fn send<T: Send>(_: T) {}
+        fn shared<T: Send + Sync>() {}
+        shared::<NodeNetwork>();
+        send(n.ensure());
+        send(n.attach("a", Path::new("/x")));
+        send(n.detach("a"));
+        send(n.publish("a", PortMapping::tcp(1, 1)));
+        send(n.unpublish("a", PortMapping::tcp(1, 1)));
+        send(n.reconcile(&[]));
+        send(n.lease_specific("a", Ipv4Addr::LOCALHOST));
+        send(n.teardown());
+        send(NodeNetwork::new(NetConfig::new(
+            "b",
+            "198.19.0.0/24".parse().unwrap(),
+            "/x",
+        )));
+    }
+
+    #[test]
+    fn config_defaults() {
+        let c = NetConfig::new("flbr0", "198.19.4.0/24".parse().unwrap(), "/tmp/x");
+        assert_eq!(c.gateway(), Ipv4Addr::new(198, 19, 4, 1));
+        assert_eq!(c.nft_table, "flotilla");
+        assert!(c.masquerade && c.netns.is_none());
+        let a = attachment(&c, "web-1", Ipv4Addr::new(198, 19, 4, 9));
+        assert_eq!(a.mac.to_string(), "0a:58:c6:13:04:09");
+        assert_eq!(
+            (a.prefix, a.gateway, a.ifname.as_str()),
+            (24, Ipv4Addr::new(198, 19, 4, 1), "eth0")
+        );
+        assert_eq!(a.host_veth, host_veth_name("web-1"));
+    }
+
+    #[tokio::test]
+    async fn new_validates_before_touching_anything() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = NetConfig::new(
+            "this-name-is-too-long",
+            "198.19.4.0/24".parse().unwrap(),
+            d.path(),
+        );
+        let e = NodeNetwork::new(c.clone()).await.unwrap_err().to_string();
+        assert!(e.contains("this-name-is-too-long"), "{e}");
+        c.bridge_name = "flbr0".into();
+        c.gateway = Some(Ipv4Addr::new(198, 19, 5, 1));
+        let e = NodeNetwork::new(c.clone()).await.unwrap_err().to_string();
+        assert!(
+            e.contains("198.19.5.1") && e.contains("198.19.4.0/24"),
+            "{e}"
+        );
+        c.gateway = None;
+        c.netns = Some(d.path().join("missing"));
+        let e = NodeNetwork::new(c).await.unwrap_err().to_string();
+        assert!(e.contains("missing"), "{e}");
+    }
+}
