@@ -4,6 +4,9 @@
 //! * `store`: redb storage for openraft (log, vote, state machine, snapshots).
 //! * `raft`: the openraft type configuration; openraft types stay behind this crate's modules.
 
+pub mod network;
+pub mod node;
 pub mod raft;
 pub mod state;
 pub mod store;
+pub mod testing;
