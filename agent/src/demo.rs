@@ -58,7 +58,7 @@ async fn demo(scratch: &std::path::Path) -> Result<i32> {
     let server = tokio::spawn({
         let socket = socket.clone();
         async move {
-            crate::server::serve(rt, &socket, async {
+            crate::server::serve(rt, None, &socket, async {
                 let _ = stop_rx.await;
             })
             .await

@@ -39,6 +39,18 @@ enum Cmd {
         /// Number of pre-started container shims.
         #[arg(long, default_value_t = 2)]
         pool: usize,
+        /// The node's container subnet (e.g. 198.19.1.0/24); enables the network.
+        #[arg(long)]
+        subnet: Option<String>,
+        /// Bridge the containers are attached to.
+        #[arg(long, default_value = "flt0")]
+        bridge: String,
+        /// Network namespace of the node's network (default: the agent's own).
+        #[arg(long)]
+        node_netns: Option<PathBuf>,
+        /// Nameservers written to containers' /etc/resolv.conf (default: the gateway).
+        #[arg(long)]
+        nameserver: Vec<std::net::IpAddr>,
     },
     /// Create and start a container.
     Run(RunArgs),
@@ -155,6 +167,12 @@ struct RunArgs {
     /// Remove the container after it exits.
     #[arg(long)]
     rm: bool,
+    /// Publish a port: HOST:CONTAINER[/udp].
+    #[arg(short, long)]
+    publish: Vec<String>,
+    /// Do not attach to the node's container network.
+    #[arg(long)]
+    no_network: bool,
     #[arg(trailing_var_arg = true, required = true)]
     command: Vec<String>,
 }
@@ -219,10 +237,30 @@ async fn real_main(cli: Cli) -> Result<i32> {
             root,
             cgroup_parent,
             pool,
+            subnet,
+            bridge,
+            node_netns,
+            nameserver,
         } => {
+            let net = match subnet {
+                Some(sn) => {
+                    let subnet: flotilla_net::Ipv4Net =
+                        sn.parse().map_err(|e| anyhow::anyhow!("--subnet: {e}"))?;
+                    let mut cfg =
+                        flotilla_net::NetConfig::new(bridge, subnet, root.join("network"));
+                    cfg.netns = node_netns;
+                    cfg.nameservers = nameserver;
+                    Some(std::sync::Arc::new(
+                        flotilla_net::NodeNetwork::new(cfg)
+                            .await
+                            .context("setting up the node network")?,
+                    ))
+                }
+                None => None,
+            };
             let rt = runtime_for(root, cgroup_parent, pool)?;
-            tracing::info!(socket = %cli.socket.display(), mode = ?rt.cgroup_mode(), "agent serving");
-            flotilla_agent::server::serve(rt, &cli.socket, shutdown_signal()).await?;
+            tracing::info!(socket = %cli.socket.display(), mode = ?rt.cgroup_mode(), network = net.is_some(), "agent serving");
+            flotilla_agent::server::serve(rt, net, &cli.socket, shutdown_signal()).await?;
             Ok(0)
         }
         Cmd::Run(a) => run(&c, a).await,
@@ -488,6 +526,12 @@ async fn run(c: &Client, a: RunArgs) -> Result<i32> {
         },
         read_only_root: a.read_only,
         start: true,
+        network: if a.no_network { Some(false) } else { None },
+        ports: a
+            .publish
+            .iter()
+            .map(|p| parse_publish(p))
+            .collect::<Result<_>>()?,
         ..Default::default()
     };
     let _info: ContainerInfo = c
@@ -517,6 +561,27 @@ async fn run(c: &Client, a: RunArgs) -> Result<i32> {
         eprintln!("{name}: killed by the out-of-memory killer");
     }
     Ok(exit_code(&e))
+}
+
+fn parse_publish(s: &str) -> Result<flotilla_api::PortSpec> {
+    let (ports, proto) = match s.split_once('/') {
+        Some((p, "tcp")) => (p, flotilla_api::Protocol::Tcp),
+        Some((p, "udp")) => (p, flotilla_api::Protocol::Udp),
+        Some((_, other)) => bail!("--publish {s:?}: unknown protocol {other:?} (tcp or udp)"),
+        None => (s, flotilla_api::Protocol::Tcp),
+    };
+    let (h, c) = ports
+        .split_once(':')
+        .ok_or_else(|| anyhow::anyhow!("--publish {s:?}: expected HOST:CONTAINER"))?;
+    Ok(flotilla_api::PortSpec {
+        host_port: h
+            .parse()
+            .with_context(|| format!("--publish {s:?}: bad host port"))?,
+        container_port: c
+            .parse()
+            .with_context(|| format!("--publish {s:?}: bad container port"))?,
+        protocol: Some(proto),
+    })
 }
 
 fn now_nanos() -> u64 {

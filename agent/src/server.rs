@@ -23,6 +23,30 @@ use serde::Deserialize;
 #[derive(Clone)]
 pub struct AppState {
     pub rt: Runtime,
+    /// The node's container network, when the agent was given a subnet.
+    pub net: Option<Arc<flotilla_net::NodeNetwork>>,
+}
+
+impl AppState {
+    /// Addresses of attached containers, for listing.
+    async fn leases(&self) -> std::collections::BTreeMap<String, std::net::Ipv4Addr> {
+        match &self.net {
+            Some(n) => n.leases().await.unwrap_or_default(),
+            None => Default::default(),
+        }
+    }
+}
+
+fn net_err(e: flotilla_net::NetError) -> ApiError {
+    let status = match &e {
+        flotilla_net::NetError::PortInUse { .. } => StatusCode::CONFLICT,
+        flotilla_net::NetError::InvalidPort { .. } => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError {
+        status,
+        detail: format!("network: {e}"),
+    }
 }
 
 pub struct ApiError {
@@ -110,7 +134,7 @@ pub fn exit_status(e: &ExitInfo) -> ExitStatus {
     }
 }
 
-pub fn info(st: &ContainerState) -> ContainerInfo {
+pub fn info(st: &ContainerState, ip: Option<std::net::Ipv4Addr>) -> ContainerInfo {
     let r = &st.record;
     ContainerInfo {
         name: r.id.clone(),
@@ -123,6 +147,7 @@ pub fn info(st: &ContainerState) -> ContainerInfo {
         cgroup: r.cgroup.rel_path().display().to_string(),
         netns: r.netns_path.as_ref().map(|p| p.display().to_string()),
         labels: r.labels.clone(),
+        ip: ip.map(|i| i.to_string()),
     }
 }
 
@@ -150,7 +175,12 @@ type S = State<Arc<AppState>>;
 async fn list(State(s): S) -> ApiResult<Json<Vec<ContainerInfo>>> {
     let rt = s.rt.clone();
     let v = blocking(move || rt.list()).await?;
-    Ok(Json(v.iter().map(info).collect()))
+    let leases = s.leases().await;
+    Ok(Json(
+        v.iter()
+            .map(|c| info(c, leases.get(&c.record.id).copied()))
+            .collect(),
+    ))
 }
 
 /// Parse the body ourselves so malformed JSON gets a problem body naming
@@ -172,17 +202,118 @@ async fn create(State(s): S, body: Bytes) -> ApiResult<(StatusCode, Json<Contain
     let req: ContainerRequest = parse_json(&body)?;
     let opts =
         crate::spec::to_create_options(&req).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let want_net = req.network.unwrap_or(s.net.is_some());
+    if want_net && s.net.is_none() {
+        return Err(ApiError::bad_request(
+            "network: this node has no container network (start the agent with --subnet)",
+        ));
+    }
+    if !want_net && !req.ports.is_empty() {
+        return Err(ApiError::bad_request(
+            "ports: publishing ports needs the network",
+        ));
+    }
+    let ports: Vec<flotilla_net::PortMapping> = req.ports.iter().map(port_mapping).collect();
+    flotilla_net::validate_mappings(&ports)
+        .map_err(|e| ApiError::bad_request(format!("ports: {e}")))?;
     let rt = s.rt.clone();
-    let start = req.start;
-    let st = blocking(move || if start { rt.run(opts) } else { rt.create(opts) }).await?;
-    tracing::info!(container = %st.record.id, pid = st.record.init_pid, started = start, "container created");
-    Ok((StatusCode::CREATED, Json(info(&st))))
+    let st = blocking(move || rt.create(opts)).await?;
+    let id = st.record.id.clone();
+    let mut ip = None;
+    if want_net {
+        match plumb_network(&s, &st, &ports).await {
+            Ok(addr) => ip = Some(addr),
+            Err(e) => {
+                let rt = s.rt.clone();
+                let id2 = id.clone();
+                let _ = blocking(move || rt.delete(&id2, true)).await;
+                if let Some(n) = &s.net {
+                    let _ = n.detach(&id).await;
+                }
+                return Err(e);
+            }
+        }
+    }
+    let mut st = st;
+    if req.start {
+        let rt = s.rt.clone();
+        let id2 = id.clone();
+        if let Err(e) = blocking(move || rt.start(&id2)).await {
+            let rt = s.rt.clone();
+            let id2 = id.clone();
+            let _ = blocking(move || rt.delete(&id2, true)).await;
+            if let Some(n) = &s.net {
+                let _ = n.detach(&id).await;
+            }
+            return Err(e);
+        }
+        st.status = flotilla_runtime::runtime::Status::Running;
+    }
+    tracing::info!(container = %id, pid = st.record.init_pid, ip = ?ip, started = req.start, "container created");
+    Ok((StatusCode::CREATED, Json(info(&st, ip))))
+}
+
+fn port_mapping(p: &flotilla_api::PortSpec) -> flotilla_net::PortMapping {
+    flotilla_net::PortMapping {
+        host_port: p.host_port,
+        container_port: p.container_port,
+        protocol: match p.protocol {
+            Some(flotilla_api::Protocol::Udp) => flotilla_net::Protocol::Udp,
+            _ => flotilla_net::Protocol::Tcp,
+        },
+        host_ip: None,
+    }
+}
+
+/// Between create and start: address, /etc files, published ports.
+async fn plumb_network(
+    s: &AppState,
+    st: &ContainerState,
+    ports: &[flotilla_net::PortMapping],
+) -> ApiResult<std::net::Ipv4Addr> {
+    let net = s.net.as_ref().expect("checked by the caller");
+    let id = st.record.id.clone();
+    let ns = st.record.netns_path.clone().ok_or_else(|| {
+        ApiError::bad_request("network: the container shares a network namespace")
+    })?;
+    let att = net.attach(&id, &ns).await.map_err(net_err)?;
+    let hostname = st
+        .record
+        .config
+        .hostname
+        .clone()
+        .unwrap_or_else(|| id.clone());
+    let files = [
+        (
+            "/etc/hosts",
+            flotilla_net::etc_hosts(&hostname, att.ip.into()),
+        ),
+        ("/etc/resolv.conf", net.resolv_conf()),
+        ("/etc/hostname", format!("{hostname}\n")),
+    ];
+    for (path, text) in files {
+        let rt = s.rt.clone();
+        let id2 = id.clone();
+        blocking(move || rt.write_rootfs_file(&id2, Path::new(path), text.as_bytes())).await?;
+    }
+    for p in ports {
+        net.publish(&id, *p).await.map_err(net_err)?;
+    }
+    Ok(att.ip)
+}
+
+async fn ip_of(s: &AppState, id: &str) -> Option<std::net::Ipv4Addr> {
+    match &s.net {
+        Some(n) => n.attachment(id).await.ok().flatten().map(|a| a.ip),
+        None => None,
+    }
 }
 
 async fn inspect(State(s): S, UrlPath(id): UrlPath<String>) -> ApiResult<Json<ContainerInfo>> {
     let rt = s.rt.clone();
-    let st = blocking(move || rt.state(&id)).await?;
-    Ok(Json(info(&st)))
+    let id2 = id.clone();
+    let st = blocking(move || rt.state(&id2)).await?;
+    Ok(Json(info(&st, ip_of(&s, &id).await)))
 }
 
 #[derive(Deserialize)]
@@ -198,7 +329,13 @@ async fn remove(
     Query(q): Query<ForceQ>,
 ) -> ApiResult<StatusCode> {
     let rt = s.rt.clone();
-    blocking(move || rt.delete(&id, q.force)).await?;
+    let id2 = id.clone();
+    blocking(move || rt.delete(&id2, q.force)).await?;
+    if let Some(n) = &s.net {
+        if n.attachment(&id).await.ok().flatten().is_some() {
+            n.detach(&id).await.map_err(net_err)?;
+        }
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -437,9 +574,21 @@ async fn restore(
         images_dir: PathBuf::from(&req.images_dir),
         tcp_established: req.tcp_established,
     };
+    // The namespace (re-created if needed) gets its address back before
+    // CRIU restores sockets into it.
+    if let Some(n) = &s.net {
+        if n.attachment(&id).await.ok().flatten().is_some() {
+            let rt = s.rt.clone();
+            let id2 = id.clone();
+            if let Some(ns) = blocking(move || rt.ensure_netns(&id2)).await? {
+                n.attach(&id, &ns).await.map_err(net_err)?;
+            }
+        }
+    }
     let rt = s.rt.clone();
-    let st = blocking(move || rt.restore(&id, &opts)).await?;
-    Ok(Json(info(&st)))
+    let id2 = id.clone();
+    let st = blocking(move || rt.restore(&id2, &opts)).await?;
+    Ok(Json(info(&st, ip_of(&s, &id).await)))
 }
 
 async fn resume(State(s): S, UrlPath(id): UrlPath<String>) -> ApiResult<StatusCode> {
@@ -451,6 +600,7 @@ async fn resume(State(s): S, UrlPath(id): UrlPath<String>) -> ApiResult<StatusCo
 /// Serve the API on a unix socket until `shutdown` resolves.
 pub async fn serve(
     rt: Runtime,
+    net: Option<Arc<flotilla_net::NodeNetwork>>,
     socket: &Path,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -478,6 +628,14 @@ pub async fn serve(
     for c in &adopted {
         tracing::info!(container = %c.record.id, status = %c.status, pid = c.record.init_pid, "adopted");
     }
+    if let Some(n) = &net {
+        n.ensure().await?;
+        let live: Vec<String> = adopted.iter().map(|c| c.record.id.clone()).collect();
+        let freed = n.reconcile(&live).await?;
+        if !freed.is_empty() {
+            tracing::info!(freed = ?freed, "released addresses of containers that no longer exist");
+        }
+    }
     // Reap shims of containers that exit while nobody asks about them.
     let rt3 = rt.clone();
     tokio::spawn(async move {
@@ -487,9 +645,15 @@ pub async fn serve(
             let _ = tokio::task::spawn_blocking(move || rt.list()).await;
         }
     });
-    axum::serve(listener, router(AppState { rt: rt.clone() }))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    axum::serve(
+        listener,
+        router(AppState {
+            rt: rt.clone(),
+            net,
+        }),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
     let _ = std::fs::remove_file(socket);
     rt.shutdown();
     Ok(())

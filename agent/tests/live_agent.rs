@@ -37,6 +37,8 @@ struct Env {
     dir: tempfile::TempDir,
     parent: String,
     agent: Option<Child>,
+    /// Extra `serve` arguments (the node network).
+    serve_args: Vec<String>,
 }
 
 impl Env {
@@ -64,7 +66,23 @@ impl Env {
             dir,
             parent,
             agent: None,
+            serve_args: vec![],
         };
+        e.start_agent();
+        e
+    }
+
+    fn with_network(node_netns: &Path, subnet: &str, bridge: &str) -> Self {
+        let mut e = Env::new();
+        e.kill_agent(libc::SIGTERM);
+        e.serve_args = vec![
+            "--subnet".into(),
+            subnet.into(),
+            "--bridge".into(),
+            bridge.into(),
+            "--node-netns".into(),
+            node_netns.display().to_string(),
+        ];
         e.start_agent();
         e
     }
@@ -91,6 +109,7 @@ impl Env {
             .arg(self.dir.path().join("state"))
             .arg("--cgroup-parent")
             .arg(&self.parent)
+            .args(&self.serve_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -517,4 +536,139 @@ fn live_agent_checkpoint_and_restore_through_the_cli() {
     let (code, _, err) = e.cli(&["rm", "-f", "ck"]);
     assert_eq!(code, 0, "{err}");
     e.assert_clean();
+}
+
+struct NodeNs {
+    name: String,
+}
+
+impl Drop for NodeNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Run `f` on a thread that joined the network namespace at `ns`.
+fn in_netns<T: Send + 'static>(ns: PathBuf, f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&ns).unwrap();
+        // SAFETY: setns on this thread only.
+        assert_eq!(
+            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) },
+            0
+        );
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+fn http_get(addr: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+#[test]
+fn live_agent_containers_get_addresses_reach_each_other_and_publish_ports() {
+    if !live() {
+        return;
+    }
+    // The node's network lives in a namespace of its own: all addresses stay
+    // inside 198.18.0.0/15 and inside namespaces this test made.
+    let node = NodeNs {
+        name: format!("flt-an-{}", std::process::id()),
+    };
+    assert!(Command::new("ip")
+        .args(["netns", "add", &node.name])
+        .status()
+        .unwrap()
+        .success());
+    // A host has its loopback up (local delivery needs it).
+    assert!(Command::new("ip")
+        .args(["-n", &node.name, "link", "set", "lo", "up"])
+        .status()
+        .unwrap()
+        .success());
+    let node_path = PathBuf::from(format!("/run/netns/{}", node.name));
+    let bridge = format!("fb{}", std::process::id() % 100_000);
+    let mut e = Env::with_network(&node_path, "198.19.77.0/24", &bridge);
+    let rootfs = e.rootfs();
+    let (code, _, err) = e.cli(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--rootfs",
+        &rootfs,
+        "-p",
+        "18080:8080",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 8080 -h /www",
+    ]);
+    assert_eq!(code, 0, "{err}{}", e.agent_log());
+    let web = info(&e, "web");
+    let ip = web.ip.clone().expect("web has no address");
+    assert!(ip.starts_with("198.19.77."), "{ip}");
+    let (code, _, err) = e.cli(&[
+        "run", "-d", "--name", "client", "--rootfs", &rootfs, "--", "sleep", "60",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let client_ip = info(&e, "client").ip.unwrap();
+    assert_ne!(client_ip, ip, "an address was handed out twice");
+    // Container to container by IP.
+    let url = format!("http://{ip}:8080/index.html");
+    let mut body = String::new();
+    for _ in 0..50 {
+        let (code, out, _) = e.cli(&["exec", "client", "--", "wget", "-qO-", &url]);
+        if code == 0 {
+            body = out;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(body, "hello-from-web\n");
+    // /etc/hosts names the container.
+    let (_, hosts, _) = e.cli(&["exec", "web", "--", "cat", "/etc/hosts"]);
+    assert!(hosts.contains(&ip) && hosts.contains("web"), "{hosts}");
+    // The published port answers from the host side (the node's own address).
+    let resp = in_netns(node_path.clone(), || http_get("198.19.77.1:18080"));
+    let resp = resp.expect("published port");
+    assert!(resp.contains("hello-from-web"), "{resp}");
+    // Addresses survive an agent restart.
+    e.kill_agent(libc::SIGKILL);
+    e.start_agent();
+    assert_eq!(info(&e, "web").ip.as_deref(), Some(ip.as_str()));
+    // Delete releases the address and the port.
+    for n in ["web", "client"] {
+        let (code, _, err) = e.cli(&["rm", "-f", n]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let gone = in_netns(node_path.clone(), || http_get("198.19.77.1:18080"));
+    let ruleset = Command::new("ip")
+        .args(["netns", "exec", &node.name, "nft", "list", "ruleset"])
+        .output()
+        .unwrap();
+    let ruleset = String::from_utf8_lossy(&ruleset.stdout).into_owned();
+    assert!(
+        !ruleset.contains("18080"),
+        "port still published after delete:\n{ruleset}"
+    );
+    // Nothing listens any more: refused at once, not a timeout.
+    let err = gone.expect_err("port still answers after delete");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    let state = std::fs::read_to_string(e.dir.path().join("state/network/network.json"))
+        .unwrap_or_default();
+    assert!(!state.contains(&ip), "lease kept after delete: {state}");
+    e.assert_clean();
+    drop(e);
 }

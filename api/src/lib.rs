@@ -38,10 +38,33 @@ pub struct ContainerRequest {
     pub start: bool,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Attach to the node's container network (default: when the node has one).
+    #[serde(default)]
+    pub network: Option<bool>,
+    /// Host ports forwarded to container ports (needs the network).
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
     /// A full OCI runtime configuration; when given it replaces everything
     /// above except name, rootfs and labels.
     #[serde(default)]
     pub oci: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PortSpec {
+    pub host_port: u16,
+    pub container_port: u16,
+    /// tcp (default) or udp.
+    #[serde(default)]
+    pub protocol: Option<Protocol>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
 }
 
 fn yes() -> bool {
@@ -103,6 +126,9 @@ pub struct ContainerInfo {
     pub cgroup: String,
     pub netns: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// Address on the node's container network, when attached.
+    #[serde(default)]
+    pub ip: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

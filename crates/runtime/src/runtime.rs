@@ -1196,6 +1196,45 @@ impl Runtime {
             .map_err(io_err("writing state.json"))
     }
 
+    /// Write a file inside a container's root filesystem (e.g. /etc/hosts),
+    /// resolved inside the rootfs so an image symlink cannot redirect it.
+    pub fn write_rootfs_file(
+        &self,
+        id: &str,
+        path: &Path,
+        data: &[u8],
+    ) -> Result<(), RuntimeError> {
+        let rec = self.load(id)?;
+        let root = std::fs::File::open(&rec.rootfs)
+            .map_err(io_err(format!("opening {}", rec.rootfs.display())))?;
+        let what = || format!("writing {} in {id}", path.display());
+        if let Some(parent) = path.parent() {
+            sys::mkdir_all_in_root(root.as_raw_fd(), parent, 0o755).map_err(io_err(what()))?;
+        }
+        let fd = sys::open_in_root(
+            root.as_raw_fd(),
+            path,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW,
+            0o644,
+        )
+        .map_err(io_err(what()))?;
+        sys::write_all_fd(fd.as_raw_fd(), data).map_err(io_err(what()))
+    }
+
+    /// The container's network namespace path, created (empty, lo up) when
+    /// it is not mounted: a restore or migration target needs it to exist
+    /// before the network is attached and CRIU joins it.
+    pub fn ensure_netns(&self, id: &str) -> Result<Option<PathBuf>, RuntimeError> {
+        let rec = self.load(id)?;
+        match rec.netns_path {
+            Some(p) if !sys::is_mount_point(&p) => {
+                self.make_netns(&p)?;
+                Ok(Some(p))
+            }
+            other => Ok(other),
+        }
+    }
+
     /// Create a fresh network namespace at the container's netns path (the
     /// old one, if any, is unmounted first), with lo up. Restore and
     /// migration targets re-create the namespace by path like this.
