@@ -841,8 +841,14 @@ impl Cgroup {
     /// has it. Otherwise, for SIGKILL, the cgroup is frozen while the listed pids are signalled, so nothing can
     /// fork or exit (and have its pid reused) in between. The caller's own process is never signalled.
     pub fn kill_all(&self, sig: i32) -> Result<(), CgroupError> {
+        self.kill_all_except(sig, &[])
+    }
+
+    /// `kill_all`, sparing the given pids (the container's shim, which on
+    /// cgroup v1 lives in the container's cgroup and must record the exit).
+    pub fn kill_all_except(&self, sig: i32, except: &[i32]) -> Result<(), CgroupError> {
         self.checked_rel()?;
-        if self.layout.mode == CgroupMode::V2 && sig == libc::SIGKILL {
+        if self.layout.mode == CgroupMode::V2 && sig == libc::SIGKILL && except.is_empty() {
             let kill_file = self.v2_leaf()?.join("cgroup.kill");
             if kill_file.exists() {
                 return write_file(&kill_file, "1");
@@ -861,18 +867,18 @@ impl Cgroup {
                     false
                 }
             };
-        let result = self.signal_listed(sig);
+        let result = self.signal_listed(sig, except);
         if frozen {
             self.thaw()?;
         }
         result
     }
 
-    fn signal_listed(&self, sig: i32) -> Result<(), CgroupError> {
+    fn signal_listed(&self, sig: i32, except: &[i32]) -> Result<(), CgroupError> {
         let own = std::process::id();
         let mut first_err = None;
         for pid in self.pids()? {
-            if u32::try_from(pid).is_ok_and(|p| p == own) {
+            if u32::try_from(pid).is_ok_and(|p| p == own) || except.contains(&pid) {
                 continue;
             }
             // SAFETY: kill(2) takes two integers and touches no memory; `pid` is > 0 (pids() drops 0), so it

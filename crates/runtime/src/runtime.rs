@@ -403,8 +403,11 @@ impl Runtime {
     }
 
     fn take_zygote(&self) -> Result<Zygote, RuntimeError> {
+        // Refilled after the container started (`start`, `restore`, or a
+        // failed create): a zygote's cgroup attach holds the kernel's cgroup
+        // lock for an RCU grace period and would stall this container's
+        // cgroup mounts.
         let pooled = self.inner.pool.lock().expect("lock").pop_front();
-        self.refill_pool_async();
         let z = match pooled {
             Some(z) => z,
             None => self.spawn_zygote()?,
@@ -460,6 +463,23 @@ impl Runtime {
             let r = unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
             r == 0
         });
+    }
+
+    /// The limits written to a container's cgroup. On v1 the shim lives in
+    /// it (born there as a zygote) as exactly one task: the pids limit gets
+    /// that one back so the workload keeps all it asked for.
+    fn cgroup_resources(
+        &self,
+        r: &crate::cgroups::Resources,
+        shim_inside: bool,
+    ) -> crate::cgroups::Resources {
+        let mut r = r.clone();
+        if shim_inside {
+            if let Some(p) = r.pids_limit.filter(|p| *p > 0) {
+                r.pids_limit = Some(p + 1);
+            }
+        }
+        r
     }
 
     fn cgroup_fs(&self) -> CgroupFs {
@@ -563,19 +583,19 @@ impl Runtime {
         )))?;
 
         let zyg = self.take_zygote()?;
-        let (cgroup, clone_into, move_out) = match &zyg.cgroup {
-            Some(cg) => (cg.clone(), None, self.shim_cgroup().procs_files()),
+        let (cgroup, clone_into) = match &zyg.cgroup {
+            Some(cg) => (cg.clone(), None),
             None => {
                 let cg = Cgroup::new(
                     self.inner.layout.clone(),
                     format!("{}/{}", self.inner.cfg.cgroup_parent, opts.id),
                 );
                 cg.create()?;
-                (cg.clone(), cg.v2_dir(), vec![])
+                (cg.clone(), cg.v2_dir())
             }
         };
         guard.cgroup = Some(cgroup.clone());
-        cgroup.apply(&cfg.resources)?;
+        cgroup.apply(&self.cgroup_resources(&cfg.resources, zyg.cgroup.is_some()))?;
         let netns_path = cfg
             .ns(NsKind::Net)
             .filter(|n| n.path.is_none())
@@ -590,7 +610,6 @@ impl Runtime {
             cgroup: cgroup.clone(),
             clone_into,
             cgroup_fs: self.cgroup_fs(),
-            move_out,
             log: self.inner.cfg.log,
         };
         let resp = self.send_request(zyg, &ShimRequest::Create(Box::new(req)), &opts.id)?;
@@ -730,9 +749,10 @@ impl Runtime {
         let _ = std::fs::remove_file(&fifo);
         let mut rec = st.record;
         rec.started_at_ms = Some(shim::now_ms());
-        shim::write_json_atomic(&self.dir(id).join("state.json"), &rec)
-            .map_err(io_err("writing state.json"))?;
-        Ok(())
+        let res = shim::write_json_atomic(&self.dir(id).join("state.json"), &rec)
+            .map_err(io_err("writing state.json"));
+        self.refill_pool_async();
+        res
     }
 
     pub fn run(&self, opts: CreateOptions) -> Result<ContainerState, RuntimeError> {
@@ -946,7 +966,10 @@ impl Runtime {
         if st.status == Status::Paused {
             // Stopped tasks cannot act on SIGTERM.
             self.kill(id, libc::SIGKILL)?;
-            let _ = st.record.cgroup.kill_all(libc::SIGKILL);
+            let _ = st
+                .record
+                .cgroup
+                .kill_all_except(libc::SIGKILL, &[st.record.shim_pid]);
             return self.wait(id, Some(Duration::from_secs(10)));
         }
         self.kill(id, libc::SIGTERM)?;
@@ -954,7 +977,10 @@ impl Runtime {
             Ok(e) => Ok(e),
             Err(RuntimeError::Timeout(_)) => {
                 self.kill(id, libc::SIGKILL)?;
-                let _ = st.record.cgroup.kill_all(libc::SIGKILL);
+                let _ = st
+                    .record
+                    .cgroup
+                    .kill_all_except(libc::SIGKILL, &[st.record.shim_pid]);
                 self.wait(id, Some(Duration::from_secs(10)))
             }
             Err(e) => Err(e),
@@ -975,7 +1001,7 @@ impl Runtime {
                 });
             }
             let _ = self.kill(id, libc::SIGKILL);
-            let _ = r.cgroup.kill_all(libc::SIGKILL);
+            let _ = r.cgroup.kill_all_except(libc::SIGKILL, &[r.shim_pid]);
             let _ = self.wait(id, Some(Duration::from_secs(10)));
         }
         // The shim may still be finishing its exit record.
@@ -1012,7 +1038,18 @@ impl Runtime {
     }
 
     pub fn stats(&self, id: &str) -> Result<Usage, RuntimeError> {
-        Ok(self.load(id)?.cgroup.stats()?)
+        let rec = self.load(id)?;
+        let mut u = rec.cgroup.stats()?;
+        // The workload's tasks: not the shim that shares its v1 cgroup.
+        if rec
+            .cgroup
+            .pids()
+            .map(|p| p.contains(&rec.shim_pid))
+            .unwrap_or(false)
+        {
+            u.pids = u.pids.saturating_sub(1);
+        }
+        Ok(u)
     }
 
     pub fn log_path(&self, id: &str) -> Result<PathBuf, RuntimeError> {
@@ -1188,7 +1225,9 @@ impl Runtime {
         if let Some(ns) = &st.record.netns_path {
             criu_mod::remove_network_lock(ns);
         }
-        st.record.cgroup.kill_all(libc::SIGCONT)?;
+        st.record
+            .cgroup
+            .kill_all_except(libc::SIGCONT, &[st.record.shim_pid])?;
         let mut rec = st.record;
         rec.paused = false;
         rec.checkpoint = None;
@@ -1323,9 +1362,14 @@ impl Runtime {
         let old_exit = std::fs::read(dir.join(EXIT_FILE)).ok();
         let _ = std::fs::remove_file(dir.join(EXIT_FILE));
         let zyg = self.take_zygote()?;
-        let (cgroup, attach, move_out) = match &zyg.cgroup {
-            Some(cg) => (cg.clone(), vec![], self.shim_cgroup().procs_files()),
-            None => (r.cgroup.clone(), r.cgroup.procs_files(), vec![]),
+        let shim_inside = zyg.cgroup.is_some();
+        let (cgroup, attach, return_to) = match &zyg.cgroup {
+            Some(cg) => (cg.clone(), vec![], vec![]),
+            None => (
+                r.cgroup.clone(),
+                r.cgroup.procs_files(),
+                self.shim_cgroup().procs_files(),
+            ),
         };
         let restore_back = |rt: &Runtime| {
             if let Some(e) = &old_exit {
@@ -1336,7 +1380,7 @@ impl Runtime {
             }
             let _ = rt;
         };
-        if let Err(e) = cgroup.apply(&r.config.resources) {
+        if let Err(e) = cgroup.apply(&self.cgroup_resources(&r.config.resources, shim_inside)) {
             self.discard_zygote(zyg);
             restore_back(self);
             return Err(e.into());
@@ -1349,7 +1393,7 @@ impl Runtime {
             netns_path: r.netns_path.clone(),
             cgroup: cgroup.clone(),
             attach,
-            move_out,
+            return_to,
             log: self.inner.cfg.log,
             criu: self.inner.cfg.criu.clone(),
             descriptors: meta.descriptors.clone(),
@@ -1390,6 +1434,7 @@ impl Runtime {
         shim::write_json_atomic(&dir.join("state.json"), &rec)
             .map_err(io_err("writing state.json"))?;
         tracing::info!(container = %id, pid = init_pid, "restored");
+        self.refill_pool_async();
         Ok(ContainerState {
             record: rec,
             status: Status::Running,
@@ -1459,6 +1504,7 @@ impl Drop for CreateGuard {
         if !self.armed {
             return;
         }
+        self.rt.refill_pool_async();
         if let Some(cg) = &self.cgroup {
             let _ = cg.kill_all(libc::SIGKILL);
         }

@@ -9,10 +9,9 @@
 //! waits for one create request, clones the container init, answers with its
 //! pid, and becomes the monitor.
 
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -44,9 +43,6 @@ pub struct CreateRequest {
     /// Born directly in this cgroup v2 directory (CLONE_INTO_CGROUP).
     pub clone_into: Option<PathBuf>,
     pub cgroup_fs: CgroupFs,
-    /// cgroup.procs files the shim moves itself to once the container runs
-    /// (v1: it was born in the container's cgroup as a zygote).
-    pub move_out: Vec<PathBuf>,
     pub log: LogConfig,
 }
 
@@ -60,9 +56,11 @@ pub struct RestoreRequest {
     pub images: PathBuf,
     pub netns_path: Option<PathBuf>,
     pub cgroup: Cgroup,
-    /// cgroup.procs files to join before running CRIU (v2: the container's).
+    /// cgroup.procs files to join before running CRIU (v2: the container's),
+    /// so the restored tasks land in the container's cgroup...
     pub attach: Vec<PathBuf>,
-    pub move_out: Vec<PathBuf>,
+    /// ...and where the shim goes back to afterwards.
+    pub return_to: Vec<PathBuf>,
     pub log: LogConfig,
     pub criu: PathBuf,
     /// Targets of the init's fds 0-2 at dump time.
@@ -216,7 +214,7 @@ fn zygote_main(payload: &str) -> i32 {
             drop(w);
             drop(r);
             release_stdin();
-            monitor(&req.dir, &req.cgroup, req.log, &req.move_out, child, pipes)
+            monitor(&req.dir, &req.cgroup, req.log, child, pipes)
         }
         Err(msg) => {
             let _ = reply(&mut w, &CreateResponse::Err(msg));
@@ -263,7 +261,7 @@ fn restore_main(req: &RestoreRequest, w: &mut std::os::unix::net::UnixStream) ->
             };
             let _ = reply(w, &resp);
             release_stdin();
-            monitor(&req.dir, &req.cgroup, req.log, &req.move_out, child, pipes)
+            monitor(&req.dir, &req.cgroup, req.log, child, pipes)
         }
         Err(msg) => {
             let _ = reply(w, &CreateResponse::Err(msg));
@@ -360,6 +358,14 @@ fn restore(req: &RestoreRequest) -> Result<(i32, u64, Pipes), String> {
         .ok_or_else(|| "criu restore succeeded but wrote no pid file".to_string())?;
     drop(out_w);
     drop(err_w);
+    for f in &req.return_to {
+        if let Err(e) = std::fs::write(f, "0") {
+            eprintln!(
+                "flotilla-shim: leaving the container cgroup via {}: {e}",
+                f.display()
+            );
+        }
+    }
     let start = sys::proc_start_time(pid).map_err(|e| format!("restored init {pid}: {e}"))?;
     Ok((
         pid,
@@ -596,93 +602,112 @@ fn bind_netns_from(src: &str, path: &Path) -> std::io::Result<()> {
     sys::mount(Some(&src), &dst, None, libc::MS_BIND, None)
 }
 
-fn monitor(
-    dir: &Path,
-    cgroup: &Cgroup,
-    log: LogConfig,
-    move_out: &[PathBuf],
-    child: i32,
-    pipes: Pipes,
-) -> i32 {
-    if !move_out.is_empty() {
-        // Leave the container's cgroup so we neither count against its
-        // limits nor keep it busy. The attach waits for an RCU grace period,
-        // so it runs beside the container instead of before it.
-        let files = move_out.to_vec();
-        std::thread::spawn(move || {
-            for f in files {
-                if let Err(e) = std::fs::write(&f, "0") {
-                    eprintln!(
-                        "flotilla-shim: leaving container cgroup via {}: {e}",
-                        f.display()
-                    );
-                }
-            }
-        });
-    }
-    let writer = match LogWriter::open(&dir.join(LOG_FILE), log) {
-        Ok(w) => Arc::new(Mutex::new(w)),
+/// One thread for everything: the shim stays inside the container's cgroup
+/// on v1 (it was born there as a zygote; leaving would cost an attach and
+/// its RCU grace period), where it must count as exactly one task.
+fn monitor(dir: &Path, cgroup: &Cgroup, log: LogConfig, child: i32, pipes: Pipes) -> i32 {
+    let mut writer = match LogWriter::open(&dir.join(LOG_FILE), log) {
+        Ok(w) => Some(w),
         Err(e) => {
             eprintln!("flotilla-shim: opening log: {e}");
-            return reap_and_record(dir, cgroup, child, vec![]);
+            None
         }
     };
-    let mut pumps = vec![];
-    for (fd, stream) in [
-        (pipes.stdout, Stream::Stdout),
-        (pipes.stderr, Stream::Stderr),
-    ] {
-        let w = writer.clone();
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        std::thread::spawn(move || {
-            let mut f = std::fs::File::from(fd);
-            let mut buf = vec![0u8; 32 * 1024];
-            loop {
-                match f.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        if let Ok(mut g) = w.lock() {
-                            let _ = g.write_chunk(stream, &buf[..n]);
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(_) => break,
-                }
-            }
-            if let Ok(mut g) = w.lock() {
-                let _ = g.flush_partial(stream);
-            }
-            let _ = tx.send(());
-        });
-        pumps.push(rx);
-    }
-    reap_and_record(dir, cgroup, child, pumps)
-}
-
-fn reap_and_record(
-    dir: &Path,
-    cgroup: &Cgroup,
-    child: i32,
-    pumps: Vec<std::sync::mpsc::Receiver<()>>,
-) -> i32 {
-    let mut status = 0;
+    let child_fd = sys::pidfd_open(child).ok();
+    let mut streams: Vec<(Option<OwnedFd>, Stream)> = vec![
+        (Some(pipes.stdout), Stream::Stdout),
+        (Some(pipes.stderr), Stream::Stderr),
+    ];
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut status: Option<i32> = None;
+    let mut drain_deadline: Option<std::time::Instant> = None;
     loop {
-        // SAFETY: waiting for our own child.
-        let r = unsafe { libc::waitpid(child, &mut status, 0) };
-        if r == child {
+        if status.is_some() && streams.iter().all(|(f, _)| f.is_none()) {
             break;
         }
+        if drain_deadline.is_some_and(|d| std::time::Instant::now() > d) {
+            // A descriptor leaked to a process outside the pid namespace:
+            // stop waiting for its EOF.
+            break;
+        }
+        let mut pfds: Vec<libc::pollfd> = streams
+            .iter()
+            .filter_map(|(f, _)| f.as_ref())
+            .map(|f| libc::pollfd {
+                fd: f.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let watch_child = status.is_none() && child_fd.is_some();
+        if watch_child {
+            pfds.push(libc::pollfd {
+                fd: child_fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let timeout = if status.is_some() || child_fd.is_none() {
+            100
+        } else {
+            -1
+        };
+        // SAFETY: pfds is a valid array of pollfd.
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
         if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
             break;
         }
+        let mut k = 0;
+        for (slot, stream) in streams.iter_mut() {
+            let Some(f) = slot.as_ref() else { continue };
+            let rev = pfds[k].revents;
+            k += 1;
+            if rev & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) == 0 {
+                continue;
+            }
+            // SAFETY: reading into our buffer from our pipe.
+            let n = unsafe {
+                libc::read(
+                    f.as_raw_fd(),
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                )
+            };
+            if n > 0 {
+                if let Some(w) = writer.as_mut() {
+                    let _ = w.write_chunk(*stream, &buf[..n as usize]);
+                }
+            } else if n == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)
+            {
+                if let Some(w) = writer.as_mut() {
+                    let _ = w.flush_partial(*stream);
+                }
+                *slot = None;
+            }
+        }
+        let child_done = watch_child && pfds.last().is_some_and(|p| p.revents != 0);
+        if status.is_none() && (child_done || child_fd.is_none()) {
+            let mut st = 0;
+            // SAFETY: waiting for our own child; WNOHANG when we have no pidfd.
+            let flags = if child_fd.is_none() { libc::WNOHANG } else { 0 };
+            let r = unsafe { libc::waitpid(child, &mut st, flags) };
+            if r == child {
+                status = Some(st);
+                // Everything in the pid namespace dies with init, so the
+                // pipes reach EOF promptly.
+                drain_deadline =
+                    Some(std::time::Instant::now() + std::time::Duration::from_secs(2));
+            } else if r < 0 {
+                status = Some(0);
+                drain_deadline = Some(std::time::Instant::now());
+            }
+        }
     }
-    // Every process in the pid namespace is gone once init is, so the pipes
-    // reach EOF promptly; bound the wait in case a descriptor leaked elsewhere.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    for rx in pumps {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let _ = rx.recv_timeout(left);
-    }
+    drop(writer);
+    record_exit(dir, cgroup, status.unwrap_or(0))
+}
+
+fn record_exit(dir: &Path, cgroup: &Cgroup, status: i32) -> i32 {
     let mut info = ExitInfo {
         finished_at_ms: now_ms(),
         ..Default::default()
@@ -713,9 +738,8 @@ pub fn now_ms() -> u64 {
 /// power loss either (runc keeps the same state on tmpfs).
 pub fn write_json_atomic<T: Serialize>(path: &Path, v: &T) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        serde_json::to_writer(&mut f, v).map_err(std::io::Error::other)?;
-    }
+    // One write(2): serde_json on an unbuffered file issues one per token.
+    let data = serde_json::to_vec(v).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, data)?;
     std::fs::rename(&tmp, path)
 }
