@@ -445,12 +445,16 @@ impl RegistryClient {
     }
 
     /// Streams a blob into the store, verifying size and digest.
+    /// With `tee`, every chunk is also sent there (to an unpacker running while the blob
+    /// downloads); returns `Ok(false)` if the receiver went away first (the unpacker failed),
+    /// in which case the blob is not stored.
     async fn download_blob(
         &self,
         store: &ImageStore,
         d: &Descriptor,
         progress: &Option<ProgressFn>,
-    ) -> Result<(), ImageError> {
+        tee: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    ) -> Result<bool, ImageError> {
         let url = self.url(&format!("blobs/{}", d.digest));
         let resp = self
             .send(Method::GET, &url, HeaderMap::new(), None, "pull", false)
@@ -478,6 +482,11 @@ impl RegistryClient {
                 "writing blob",
                 store.blob_path(&d.digest),
             ))?;
+            if let Some(t) = &tee {
+                if t.send(chunk.to_vec()).await.is_err() {
+                    return Ok(false);
+                }
+            }
             if let Some(p) = progress {
                 if done - last_report >= (1 << 20) || done == d.size {
                     last_report = done;
@@ -498,7 +507,7 @@ impl RegistryClient {
             .into());
         }
         w.commit()?;
-        Ok(())
+        Ok(true)
     }
 
     /// Whether the registry has the blob.
@@ -750,29 +759,7 @@ impl ImageStore {
         let client = &client;
         stream::iter(unique)
             .map(|(info, desc)| async move {
-                let cached = self.has_blob(&desc.digest);
-                if !cached {
-                    client.download_blob(self, &desc, &opts.progress).await?;
-                }
-                if let Some(p) = &opts.progress {
-                    p(&PullProgress::Downloaded {
-                        digest: desc.digest.clone(),
-                        cached,
-                    });
-                }
-                let store = self.clone();
-                let diff_id = info.diff_id.clone();
-                tokio::task::spawn_blocking(move || store.ensure_layer(&info))
-                    .await
-                    .map_err(|e| ImageError::Io {
-                        op: "joining the unpack task",
-                        path: self.layer_dir(&diff_id),
-                        source: std::io::Error::other(e),
-                    })??;
-                if let Some(p) = &opts.progress {
-                    p(&PullProgress::Unpacked { diff_id });
-                }
-                Ok::<(), ImageError>(())
+                self.pull_layer(client, info, desc, &opts.progress).await
             })
             .buffer_unordered(opts.concurrency.max(1))
             .try_collect::<Vec<()>>()
@@ -790,6 +777,116 @@ impl ImageStore {
         tracing::info!(%reference, id = %img.id, ms = started.elapsed().as_millis() as u64, "image pulled");
         drop(lease);
         Ok(img)
+    }
+}
+
+impl ImageStore {
+    /// Fetches one layer blob and unpacks it. When neither the blob nor the layer is present,
+    /// the blob streams into the store and, at the same time, through a channel into the
+    /// unpacker on the blocking pool; the layer is moved into place only once the blob's
+    /// digest and the layer's diff_id both check out.
+    async fn pull_layer(
+        &self,
+        client: &RegistryClient,
+        info: LayerInfo,
+        desc: Descriptor,
+        progress: &Option<ProgressFn>,
+    ) -> Result<(), ImageError> {
+        let join = |e: tokio::task::JoinError| ImageError::Io {
+            op: "joining the unpack task",
+            path: self.layer_dir(&info.diff_id),
+            source: std::io::Error::other(e),
+        };
+        let cached = self.has_blob(&desc.digest);
+        let store = self.clone();
+        let diff_id = info.diff_id.clone();
+        let slot = tokio::task::spawn_blocking(move || store.reserve_layer(&diff_id))
+            .await
+            .map_err(join)??;
+        match slot {
+            None => {
+                if !cached {
+                    client.download_blob(self, &desc, progress, None).await?;
+                }
+            }
+            Some(slot) if cached => {
+                let store = self.clone();
+                let i = info.clone();
+                tokio::task::spawn_blocking(move || {
+                    slot.unpack(&i, store.open_blob(&i.digest)?)?;
+                    slot.install()
+                })
+                .await
+                .map_err(join)??;
+            }
+            Some(slot) => {
+                let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+                let i = info.clone();
+                let unpack = tokio::task::spawn_blocking(move || {
+                    let r = slot.unpack(
+                        &i,
+                        ChanReader {
+                            rx,
+                            cur: Vec::new(),
+                            pos: 0,
+                        },
+                    );
+                    r.map(|_| slot)
+                });
+                let downloaded = client.download_blob(self, &desc, progress, Some(tx)).await;
+                let unpacked = unpack.await.map_err(join)?;
+                match (downloaded, unpacked) {
+                    (Ok(true), Ok(slot)) => {
+                        tokio::task::spawn_blocking(move || slot.install())
+                            .await
+                            .map_err(join)??;
+                    }
+                    (Err(e), _) => return Err(e),
+                    (Ok(_), Err(e)) => return Err(e),
+                    (Ok(false), Ok(_)) => {
+                        return Err(ImageError::Invalid {
+                            what: desc.digest.to_string(),
+                            detail: "the unpacker stopped reading before the blob ended".into(),
+                        })
+                    }
+                }
+            }
+        }
+        if let Some(p) = progress {
+            p(&PullProgress::Downloaded {
+                digest: desc.digest.clone(),
+                cached,
+            });
+            p(&PullProgress::Unpacked {
+                diff_id: info.diff_id.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A blocking reader over chunks sent from async code.
+struct ChanReader {
+    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl std::io::Read for ChanReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.blocking_recv() {
+                Some(v) => {
+                    self.cur = v;
+                    self.pos = 0;
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 

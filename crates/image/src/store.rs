@@ -552,13 +552,27 @@ impl ImageStore {
     /// Unpacks the layer (if not yet unpacked) and returns its directory. Concurrent calls for
     /// the same diff_id wait for one another; a failed unpack leaves nothing behind.
     pub fn ensure_layer(&self, layer: &LayerInfo) -> Result<PathBuf, ImageError> {
-        let dest = self.layer_dir(&layer.diff_id);
+        match self.reserve_layer(&layer.diff_id)? {
+            None => Ok(self.layer_dir(&layer.diff_id)),
+            Some(slot) => {
+                let blob = self.open_blob(&layer.digest)?;
+                slot.unpack(layer, blob)?;
+                slot.install()
+            }
+        }
+    }
+
+    /// Reserves the right to unpack the layer `diff_id`: `None` if it is already unpacked
+    /// (waiting first for another thread unpacking it), otherwise a slot with an empty
+    /// temporary directory. Dropping the slot without [`LayerSlot::install`] removes it.
+    pub(crate) fn reserve_layer(&self, diff_id: &Digest) -> Result<Option<LayerSlot>, ImageError> {
+        let dest = self.layer_dir(diff_id);
         if dest.is_dir() {
-            return Ok(dest);
+            return Ok(None);
         }
         {
             let mut busy = lock(&self.inner.unpacking);
-            while busy.contains(&layer.diff_id) {
+            while busy.contains(diff_id) {
                 busy = self
                     .inner
                     .unpacked
@@ -566,69 +580,21 @@ impl ImageStore {
                     .unwrap_or_else(|p| p.into_inner());
             }
             if dest.is_dir() {
-                return Ok(dest);
+                return Ok(None);
             }
-            busy.insert(layer.diff_id.clone());
+            busy.insert(diff_id.clone());
         }
-        let r = self.unpack_into_place(layer, &dest);
-        lock(&self.inner.unpacking).remove(&layer.diff_id);
-        self.inner.unpacked.notify_all();
-        r.map(|()| dest)
-    }
-
-    fn unpack_into_place(&self, layer: &LayerInfo, dest: &Path) -> Result<(), ImageError> {
-        let tmp = self.tmp_path("layer");
-        fs::create_dir(&tmp).map_err(io_err("creating", &tmp))?;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))
-            .map_err(io_err("chmod", &tmp))?;
-        let started = std::time::Instant::now();
-        let result = (|| {
-            let blob = self.open_blob(&layer.digest)?;
-            let out =
-                unpack::unpack_layer(blob, &tmp, &self.inner.opts.limits).map_err(|source| {
-                    ImageError::Unpack {
-                        layer: layer.digest.clone(),
-                        source,
-                    }
-                })?;
-            if out.diff_id != layer.diff_id {
-                return Err(ImageError::DiffIdMismatch {
-                    layer: layer.digest.clone(),
-                    expected: layer.diff_id.clone(),
-                    actual: out.diff_id,
-                });
-            }
-            if self.inner.opts.fsync {
-                let fd = sys::open_dir_path(&tmp).map_err(io_err("opening", &tmp))?;
-                sys::syncfs(fd.as_fd()).map_err(io_err("syncfs", &tmp))?;
-            }
-            Ok(out)
-        })();
-        match result {
-            Ok(out) => {
-                if let Err(e) = fs::rename(&tmp, dest) {
-                    let _ = fs::remove_dir_all(&tmp);
-                    // Another process-less race (a second store handle is impossible: the lock
-                    // file) or a stale directory: only fail if the destination is missing.
-                    if !dest.is_dir() {
-                        return Err(io_err("moving layer into place", dest)(e));
-                    }
-                }
-                if self.inner.opts.fsync {
-                    fsync_dir(dest.parent().expect("layers/"))?;
-                }
-                tracing::info!(layer = %layer.digest, diff_id = %layer.diff_id, entries = out.entries,
-                    bytes = out.uncompressed_bytes, ms = started.elapsed().as_millis() as u64, "layer unpacked");
-                Ok(())
-            }
-            Err(e) => {
-                if let Err(rm) = fs::remove_dir_all(&tmp) {
-                    tracing::warn!(path = %tmp.display(), error = %rm, "removing a partial layer failed");
-                }
-                tracing::warn!(layer = %layer.digest, error = %crate::error_chain(&e), "layer refused");
-                Err(e)
-            }
-        }
+        let slot = LayerSlot {
+            store: self.clone(),
+            diff_id: diff_id.clone(),
+            tmp: self.tmp_path("layer"),
+            dest,
+            installed: false,
+        };
+        fs::create_dir(&slot.tmp).map_err(io_err("creating", &slot.tmp))?;
+        fs::set_permissions(&slot.tmp, fs::Permissions::from_mode(0o755))
+            .map_err(io_err("chmod", &slot.tmp))?;
+        Ok(Some(slot))
     }
 
     /// Records an image whose manifest, config and layer blobs are stored and whose layers are
@@ -896,4 +862,87 @@ fn find(st: &State, name_or_id: &str) -> Result<(usize, Option<String>), ImageEr
         }
     }
     Err(ImageError::NotFound(name_or_id.to_owned()))
+}
+
+/// The right to unpack one layer: an empty temporary directory, renamed into place by
+/// [`LayerSlot::install`]; dropped without it, the directory is removed. While a slot lives,
+/// other threads wanting the same diff_id wait.
+pub(crate) struct LayerSlot {
+    store: ImageStore,
+    diff_id: Digest,
+    tmp: PathBuf,
+    dest: PathBuf,
+    installed: bool,
+}
+
+impl LayerSlot {
+    /// Unpacks the layer blob read from `blob` into the slot and checks its diff_id (and, with
+    /// fsync on, flushes it). `layer` names the blob in errors.
+    pub(crate) fn unpack<R: Read>(
+        &self,
+        layer: &LayerInfo,
+        blob: R,
+    ) -> Result<unpack::UnpackedLayer, ImageError> {
+        let started = std::time::Instant::now();
+        let result = (|| {
+            let out = unpack::unpack_layer(blob, &self.tmp, &self.store.inner.opts.limits)
+                .map_err(|source| ImageError::Unpack {
+                    layer: layer.digest.clone(),
+                    source,
+                })?;
+            if out.diff_id != self.diff_id {
+                return Err(ImageError::DiffIdMismatch {
+                    layer: layer.digest.clone(),
+                    expected: self.diff_id.clone(),
+                    actual: out.diff_id,
+                });
+            }
+            if self.store.inner.opts.fsync {
+                let fd = sys::open_dir_path(&self.tmp).map_err(io_err("opening", &self.tmp))?;
+                sys::syncfs(fd.as_fd()).map_err(io_err("syncfs", &self.tmp))?;
+            }
+            Ok(out)
+        })();
+        match &result {
+            Ok(out) => {
+                tracing::info!(layer = %layer.digest, diff_id = %self.diff_id, entries = out.entries,
+                bytes = out.uncompressed_bytes, ms = started.elapsed().as_millis() as u64, "layer unpacked")
+            }
+            Err(e) => {
+                tracing::warn!(layer = %layer.digest, error = %crate::error_chain(e), "layer refused")
+            }
+        }
+        result
+    }
+
+    /// Moves the unpacked layer into place and returns its directory.
+    pub(crate) fn install(mut self) -> Result<PathBuf, ImageError> {
+        if let Err(e) = fs::rename(&self.tmp, &self.dest) {
+            // Only a stale directory of the same content can be in the way (one store handle
+            // per root: the lock file); fail only if the destination is missing.
+            if !self.dest.is_dir() {
+                return Err(io_err("moving layer into place", &self.dest)(e));
+            }
+        } else {
+            self.installed = true;
+        }
+        if self.store.inner.opts.fsync {
+            fsync_dir(self.dest.parent().expect("layers/"))?;
+        }
+        Ok(self.dest.clone())
+    }
+}
+
+impl Drop for LayerSlot {
+    fn drop(&mut self) {
+        if !self.installed {
+            if let Err(e) = fs::remove_dir_all(&self.tmp) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(path = %self.tmp.display(), error = %e, "removing a partial layer failed");
+                }
+            }
+        }
+        lock(&self.store.inner.unpacking).remove(&self.diff_id);
+        self.store.inner.unpacked.notify_all();
+    }
 }

@@ -520,3 +520,40 @@ async fn registry_is_gone_after_drop() {
         "registry process killed and reaped"
     );
 }
+
+/// A hostile layer arriving from a registry is refused while it streams (the unpacker runs
+/// during the download): the error names the entry, no layer directory or temporary file
+/// stays, nothing outside is touched, no image is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_refuses_hostile_layer_while_streaming() {
+    let reg = TestRegistry::start_plain().unwrap();
+    let s = Scratch::new();
+    let mut filler = vec![0u8; 4 << 20];
+    for (i, b) in filler.iter_mut().enumerate() {
+        *b = (i * 7919 % 251) as u8;
+    }
+    let tar = RawTar::new()
+        .file("filler", &filler)
+        .symlink("evil", &s.sentinel().display().to_string())
+        .file("evil/pwned", b"x")
+        .file("after", &filler)
+        .finish();
+    let layout = s.layout("hostile", vec![TestLayer::gzip(tar)]);
+    let r = reg.reference("test/hostile:1");
+    push_oci_layout(&layout, None, &r, &reg.options(RegistryAuth::Anonymous))
+        .await
+        .unwrap();
+    let store = s.store();
+    let e = store
+        .pull(&r, &pull_opts(&reg, RegistryAuth::Anonymous))
+        .await
+        .unwrap_err();
+    assert!(
+        chain(&e).contains("\"evil/pwned\": parent \"evil\" is a symlink"),
+        "{}",
+        chain(&e)
+    );
+    s.assert_sentinel_untouched();
+    s.assert_no_layers();
+    assert!(store.list().is_empty());
+}
