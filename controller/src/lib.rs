@@ -4,6 +4,7 @@
 //! * `store`: redb storage for openraft (log, vote, state machine, snapshots).
 //! * `raft`: the openraft type configuration; openraft types stay behind this crate's modules.
 
+pub mod api;
 pub mod linearizability;
 pub mod network;
 pub mod node;
