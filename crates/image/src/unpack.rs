@@ -22,7 +22,7 @@
 //!   path length, name length, depth, PAX and xattr sizes.
 
 use std::collections::HashMap;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -339,9 +339,22 @@ pub fn unpack_layer<R: Read>(
         meter: meter.clone(),
         cap: limits.max_compressed_bytes,
     };
-    let mut buffered = BufReader::with_capacity(256 << 10, counted);
-    let head = buffered.fill_buf().map_err(|e| stream_err(&meter, e))?;
-    let compression = detect_compression(head);
+    // Read the magic bytes first (a streamed blob may arrive in chunks shorter than the
+    // magic), then put them back in front of the rest.
+    let mut counted = counted;
+    let mut head = Vec::with_capacity(4);
+    while head.len() < 4 {
+        let mut b = [0u8; 4];
+        let n = counted
+            .read(&mut b[..4 - head.len()])
+            .map_err(|e| stream_err(&meter, e))?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&b[..n]);
+    }
+    let compression = detect_compression(&head);
+    let buffered = BufReader::with_capacity(256 << 10, io::Cursor::new(head).chain(counted));
     let decoded: Box<dyn Read> = match compression {
         Compression::None => Box::new(buffered),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),

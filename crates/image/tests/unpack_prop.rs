@@ -129,3 +129,44 @@ proptest! {
         s.assert_sentinel_untouched();
     }
 }
+
+/// A stream delivered one byte per read (as a registry chunk boundary may fall anywhere, even
+/// inside the compression magic) unpacks the same for every compression.
+#[test]
+fn one_byte_reads_for_each_compression() {
+    struct OneByte<'a>(&'a [u8]);
+    impl std::io::Read for OneByte<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0.is_empty() || buf.is_empty() {
+                return Ok(0);
+            }
+            buf[0] = self.0[0];
+            self.0 = &self.0[1..];
+            Ok(1)
+        }
+    }
+    let tar = RawTar::new()
+        .dir("d/")
+        .file("d/f", b"content")
+        .symlink("l", "d/f")
+        .finish();
+    let gz = {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(&tar).unwrap();
+        e.finish().unwrap()
+    };
+    let zst = zstd::stream::encode_all(&tar[..], 3).unwrap();
+    for blob in [tar.clone(), gz, zst] {
+        let s = Scratch::new();
+        let dest = s.path().join("store");
+        std::fs::create_dir(&dest).unwrap();
+        let out = unpack_layer(OneByte(&blob), &dest, &UnpackLimits::default()).unwrap();
+        assert_eq!(out.diff_id, flotilla_image::Digest::of(&tar));
+        assert_eq!(std::fs::read(dest.join("d/f")).unwrap(), b"content");
+        assert_eq!(
+            std::fs::read_link(dest.join("l")).unwrap(),
+            std::path::Path::new("d/f")
+        );
+    }
+}
