@@ -104,6 +104,39 @@ impl ImageStore {
     ) -> Result<Vec<Image>, ImageError> {
         let mut lease = self.lease();
         let members = self.scan_archive(tarball, &mut lease)?;
+        self.import_scanned_oci(&members, tarball, ref_name, name, &mut lease)
+    }
+
+    /// Imports from `path` whatever it holds: an OCI image layout directory, an oci-archive or
+    /// a docker-archive tarball (told by its members: `oci-layout` + `index.json`, else
+    /// `manifest.json`; a `docker save` of Docker ≥ 25 has both and is read as OCI).
+    pub fn import(&self, path: &Path, name: Option<&str>) -> Result<Vec<Image>, ImageError> {
+        let meta = std::fs::metadata(path).map_err(io_err("inspecting", path))?;
+        if meta.is_dir() {
+            return self.import_oci_layout(path, None, name);
+        }
+        let mut lease = self.lease();
+        let members = self.scan_archive(path, &mut lease)?;
+        if members.small.contains_key("oci-layout") && members.small.contains_key("index.json") {
+            self.import_scanned_oci(&members, path, None, name, &mut lease)
+        } else if members.small.contains_key("manifest.json") {
+            self.import_scanned_docker(&members, path, name, &mut lease)
+        } else {
+            Err(invalid(
+                path.display().to_string(),
+                "neither an oci-archive nor a docker-archive",
+            ))
+        }
+    }
+
+    fn import_scanned_oci(
+        &self,
+        members: &Members,
+        tarball: &Path,
+        ref_name: Option<&str>,
+        name: Option<&str>,
+        lease: &mut Lease,
+    ) -> Result<Vec<Image>, ImageError> {
         let what = tarball.display().to_string();
         let layout = members
             .small
@@ -120,7 +153,7 @@ impl ImageStore {
             ref_name,
             name,
             &format!("{what}:index.json"),
-            &mut lease,
+            lease,
         )
     }
 
@@ -133,6 +166,16 @@ impl ImageStore {
     ) -> Result<Vec<Image>, ImageError> {
         let mut lease = self.lease();
         let members = self.scan_archive(tarball, &mut lease)?;
+        self.import_scanned_docker(&members, tarball, name, &mut lease)
+    }
+
+    fn import_scanned_docker(
+        &self,
+        members: &Members,
+        tarball: &Path,
+        name: Option<&str>,
+        lease: &mut Lease,
+    ) -> Result<Vec<Image>, ImageError> {
         let what = tarball.display().to_string();
         let mj = members
             .small
@@ -231,7 +274,7 @@ impl ImageStore {
             } else {
                 Some(names.remove(0))
             };
-            let mut img = self.finish_image(&md, &m, config, first.as_deref(), &mut lease)?;
+            let mut img = self.finish_image(&md, &m, config, first.as_deref(), lease)?;
             for n in names {
                 img = self.tag(&img.id.to_string(), &n)?;
             }

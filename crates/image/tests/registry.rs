@@ -557,3 +557,64 @@ async fn pull_refuses_hostile_layer_while_streaming() {
     s.assert_no_layers();
     assert!(store.list().is_empty());
 }
+
+/// Two pulls of images sharing a base layer, at once into one store: each layer is unpacked
+/// once (the second waits for the first), both images are complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pulls_share_layers() {
+    let reg = TestRegistry::start_plain().unwrap();
+    let s = Scratch::new();
+    let layout = s.path().join("layout-two");
+    let base = flotilla_image::testimage::busybox_layer_tar(&common::busybox()).unwrap();
+    write_oci_layout(
+        &layout,
+        "a",
+        &[
+            TestLayer::gzip(base.clone()),
+            TestLayer::gzip(RawTar::new().file("a", b"a").finish()),
+        ],
+        &TestConfig::busybox(),
+    )
+    .unwrap();
+    write_oci_layout(
+        &layout,
+        "b",
+        &[
+            TestLayer::gzip(base),
+            TestLayer::gzip(RawTar::new().file("b", b"b").finish()),
+        ],
+        &TestConfig::busybox(),
+    )
+    .unwrap();
+    let o = reg.options(RegistryAuth::Anonymous);
+    push_oci_layout(&layout, Some("a"), &reg.reference("test/a:1"), &o)
+        .await
+        .unwrap();
+    push_oci_layout(&layout, Some("b"), &reg.reference("test/b:1"), &o)
+        .await
+        .unwrap();
+    let store = s.store();
+    let opts = pull_opts(&reg, RegistryAuth::Anonymous);
+    let (ra, rb) = (reg.reference("test/a:1"), reg.reference("test/b:1"));
+    let (a, b) = tokio::join!(store.pull(&ra, &opts), store.pull(&rb, &opts));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let (da, db) = (store.layer_dirs(&a), store.layer_dirs(&b));
+    assert_eq!(da[1], db[1]);
+    assert!(
+        da[1].join("bin/busybox").is_file()
+            && da[0].join("a").is_file()
+            && db[0].join("b").is_file()
+    );
+    assert_eq!(
+        std::fs::read_dir(s.store_root().join("layers"))
+            .unwrap()
+            .count(),
+        3
+    );
+    assert_eq!(
+        std::fs::read_dir(s.store_root().join("tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+}

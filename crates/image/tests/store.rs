@@ -662,3 +662,74 @@ impl Drop for Mount {
         let _ = std::fs::remove_dir(&self.target);
     }
 }
+
+#[test]
+fn import_detects_the_format() {
+    let s = Scratch::new();
+    let layout = s.path().join("layout-bb");
+    let info = build_busybox_oci_layout(&common::busybox(), &layout, "1").unwrap();
+    let oci_tar = s.path().join("bb-oci.tar");
+    oci_archive_from_layout(&layout, &oci_tar).unwrap();
+    let docker_tar = s.path().join("bb-docker.tar");
+    docker_archive_from_layout(&layout, "1", "flotilla/bb:docker", &docker_tar).unwrap();
+    let junk = s.path().join("junk.tar");
+    std::fs::write(&junk, RawTar::new().file("hello", b"x").finish()).unwrap();
+    let store = s.store();
+    assert_eq!(
+        store.import(&layout, Some("t/a:1")).unwrap()[0].id,
+        info.manifest
+    );
+    assert_eq!(
+        store.import(&oci_tar, Some("t/b:1")).unwrap()[0].id,
+        info.manifest
+    );
+    let d = store.import(&docker_tar, None).unwrap().remove(0);
+    assert_eq!(d.names, vec!["docker.io/flotilla/bb:docker".to_owned()]);
+    let e = store.import(&junk, None).unwrap_err();
+    assert!(
+        chain(&e).contains("neither an oci-archive nor a docker-archive"),
+        "{}",
+        chain(&e)
+    );
+}
+
+/// `security.capability` (file capabilities) survives unpacking; other `security.*` xattrs are
+/// dropped.
+#[test]
+fn live_file_capabilities_are_kept() {
+    if !require_root("live_file_capabilities_are_kept") {
+        return;
+    }
+    // VFS_CAP_REVISION_2, cap_net_bind_service (bit 10) permitted + effective.
+    let cap: [u8; 20] = [
+        0x01, 0x00, 0x00, 0x02, 0x00, 0x04, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let mut t = RawTar::new();
+    t.pax(&[
+        ("SCHILY.xattr.security.capability", &cap[..]),
+        (
+            "SCHILY.xattr.security.selinux",
+            b"system_u:object_r:bin_t:s0",
+        ),
+    ])
+    .header(b"ping", b'0', 1, b"", 0o755)
+    .data(b"x");
+    let layout = s_layout_for(&t.finish());
+    let store = layout.0.store();
+    let img = store
+        .import_oci_layout(&layout.1, None, Some("t/cap:1"))
+        .unwrap()
+        .remove(0);
+    let p = store.layer_dirs(&img)[0].join("ping");
+    assert_eq!(
+        xattr_of(&p, "security.capability").as_deref(),
+        Some(&cap[..])
+    );
+    assert_eq!(xattr_of(&p, "security.selinux"), None);
+}
+
+fn s_layout_for(tar: &[u8]) -> (Scratch, std::path::PathBuf) {
+    let s = Scratch::new();
+    let l = s.layout("x", vec![TestLayer::gzip(tar.to_vec())]);
+    (s, l)
+}
