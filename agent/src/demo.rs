@@ -54,11 +54,12 @@ async fn demo(scratch: &std::path::Path) -> Result<i32> {
     let layout = flotilla_runtime::cgroups::CgroupLayout::detect()?;
     println!("cgroup mode: {:?}", rt.cgroup_mode());
     let socket = scratch.join("agent.sock");
+    let images = std::sync::Arc::new(flotilla_image::ImageStore::open(scratch.join("images"))?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn({
         let socket = socket.clone();
         async move {
-            crate::server::serve(rt, None, &socket, async {
+            crate::server::serve(rt, None, images, &socket, async {
                 let _ = stop_rx.await;
             })
             .await

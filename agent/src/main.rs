@@ -129,16 +129,52 @@ enum Cmd {
     Resume { name: String },
     /// Node facts: cgroup mode, CRIU version and features.
     Node,
+    /// Manage images.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Snapshot a container's changes as a new image.
+    Commit { name: String, image: String },
     /// Start an agent on a scratch directory, run a container and show it working.
     Demo,
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Pull from an OCI registry (host[:port]/repo[:tag|@digest]).
+    Pull {
+        reference: String,
+        /// Plain HTTP instead of HTTPS.
+        #[arg(long)]
+        plain_http: bool,
+        #[arg(long, env = "FLOTILLA_REGISTRY_USER")]
+        username: Option<String>,
+        #[arg(long, env = "FLOTILLA_REGISTRY_PASSWORD")]
+        password: Option<String>,
+    },
+    /// Import an OCI layout directory or an oci-archive / docker-archive tarball.
+    Import {
+        path: PathBuf,
+        /// oci-layout, oci-archive or docker-archive (default: guessed).
+        #[arg(long)]
+        format: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List images.
+    Ls,
+    /// Remove an image name (the image goes with its last name).
+    Rm { name: String },
 }
 
 #[derive(clap::Args)]
 struct RunArgs {
     #[arg(long)]
     name: Option<String>,
+    /// Image to run (from `image pull` or `image import`).
+    #[arg(long, conflicts_with = "rootfs", required_unless_present = "rootfs")]
+    image: Option<String>,
     /// Root filesystem directory (repeat for overlay layers, top-most first).
-    #[arg(long, required = true)]
+    #[arg(long)]
     rootfs: Vec<String>,
     #[arg(short, long)]
     env: Vec<String>,
@@ -173,7 +209,8 @@ struct RunArgs {
     /// Do not attach to the node's container network.
     #[arg(long)]
     no_network: bool,
-    #[arg(trailing_var_arg = true, required = true)]
+    /// Command (with --image: replaces the image's Cmd).
+    #[arg(trailing_var_arg = true)]
     command: Vec<String>,
 }
 
@@ -258,9 +295,13 @@ async fn real_main(cli: Cli) -> Result<i32> {
                 }
                 None => None,
             };
+            let images = std::sync::Arc::new(
+                flotilla_image::ImageStore::open(root.join("images"))
+                    .context("opening the image store")?,
+            );
             let rt = runtime_for(root, cgroup_parent, pool)?;
             tracing::info!(socket = %cli.socket.display(), mode = ?rt.cgroup_mode(), network = net.is_some(), "agent serving");
-            flotilla_agent::server::serve(rt, net, &cli.socket, shutdown_signal()).await?;
+            flotilla_agent::server::serve(rt, net, images, &cli.socket, shutdown_signal()).await?;
             Ok(0)
         }
         Cmd::Run(a) => run(&c, a).await,
@@ -437,6 +478,19 @@ async fn real_main(cli: Cli) -> Result<i32> {
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(0)
         }
+        Cmd::Image(ic) => image_cmd(&c, ic).await,
+        Cmd::Commit { name, image } => {
+            let req = flotilla_api::CommitRequest { name: image };
+            let i: flotilla_api::ImageInfo = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/containers/{name}/commit"),
+                    Some(serde_json::to_vec(&req)?),
+                )
+                .await?;
+            println!("{}", i.id);
+            Ok(0)
+        }
         Cmd::Demo => flotilla_agent::demo::run().await,
     }
 }
@@ -512,6 +566,7 @@ async fn run(c: &Client, a: RunArgs) -> Result<i32> {
         .map_err(|e| anyhow::anyhow!("--memory: {e}"))?;
     let req = ContainerRequest {
         name: name.clone(),
+        image: a.image,
         rootfs: a.rootfs,
         command: a.command,
         env: a.env,
@@ -561,6 +616,106 @@ async fn run(c: &Client, a: RunArgs) -> Result<i32> {
         eprintln!("{name}: killed by the out-of-memory killer");
     }
     Ok(exit_code(&e))
+}
+
+async fn image_cmd(c: &Client, ic: ImageCmd) -> Result<i32> {
+    match ic {
+        ImageCmd::Pull {
+            reference,
+            plain_http,
+            username,
+            password,
+        } => {
+            let req = flotilla_api::PullRequest {
+                reference,
+                plain_http,
+                username,
+                password,
+            };
+            let i: flotilla_api::ImageInfo = c
+                .call(
+                    Method::POST,
+                    "/v1/images/pull",
+                    Some(serde_json::to_vec(&req)?),
+                )
+                .await?;
+            println!("{} {}", i.id, i.names.join(","));
+        }
+        ImageCmd::Import { path, format, name } => {
+            let path = std::path::absolute(&path)?;
+            let format = match format {
+                Some(f) => f,
+                None if path.is_dir() => "oci-layout".into(),
+                None => {
+                    // A docker save archive has manifest.json at its top.
+                    let f = std::fs::File::open(&path)
+                        .with_context(|| format!("opening {}", path.display()))?;
+                    let mut ar = tar::Archive::new(f);
+                    let docker = ar.entries()?.flatten().any(|e| {
+                        e.path()
+                            .map(|p| p.as_os_str() == "manifest.json")
+                            .unwrap_or(false)
+                    });
+                    if docker {
+                        "docker-archive"
+                    } else {
+                        "oci-archive"
+                    }
+                    .into()
+                }
+            };
+            let req = flotilla_api::ImportRequest {
+                path: path.display().to_string(),
+                format,
+                name,
+            };
+            let v: Vec<flotilla_api::ImageInfo> = c
+                .call(
+                    Method::POST,
+                    "/v1/images/import",
+                    Some(serde_json::to_vec(&req)?),
+                )
+                .await?;
+            for i in v {
+                println!("{} {}", i.id, i.names.join(","));
+            }
+        }
+        ImageCmd::Ls => {
+            let v: Vec<flotilla_api::ImageInfo> = c.call(Method::GET, "/v1/images", None).await?;
+            println!("{:<40} {:<20} {:>10}  LAYERS", "NAME", "ID", "SIZE");
+            for i in v {
+                let id = i.id.trim_start_matches("sha256:");
+                println!(
+                    "{:<40} {:<20} {:>10}  {}",
+                    i.names.first().cloned().unwrap_or_else(|| "<none>".into()),
+                    &id[..id.len().min(12)],
+                    i.size,
+                    i.layers
+                );
+            }
+        }
+        ImageCmd::Rm { name } => {
+            c.call_raw(
+                Method::DELETE,
+                &format!("/v1/images/{}", encode_segment(&name)),
+                None,
+            )
+            .await?;
+        }
+    }
+    Ok(0)
+}
+
+/// Percent-encode a URL path segment (image names contain '/').
+fn encode_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn parse_publish(s: &str) -> Result<flotilla_api::PortSpec> {

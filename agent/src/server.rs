@@ -25,6 +25,7 @@ pub struct AppState {
     pub rt: Runtime,
     /// The node's container network, when the agent was given a subnet.
     pub net: Option<Arc<flotilla_net::NodeNetwork>>,
+    pub images: Arc<flotilla_image::ImageStore>,
 }
 
 impl AppState {
@@ -165,7 +166,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/containers/{id}/checkpoint", post(checkpoint))
         .route("/v1/containers/{id}/restore", post(restore))
         .route("/v1/containers/{id}/resume", post(resume))
+        .route("/v1/containers/{id}/commit", post(commit))
+        .route("/v1/images", get(list_images))
+        .route("/v1/images/pull", post(pull_image))
+        .route("/v1/images/import", post(import_image))
+        .route("/v1/images/{name}", axum::routing::delete(remove_image))
         .route("/v1/node", get(node))
+        .fallback(|| async {
+            ApiError {
+                status: StatusCode::NOT_FOUND,
+                detail: "no such endpoint".into(),
+            }
+        })
         .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
         .with_state(Arc::new(state))
 }
@@ -200,8 +212,31 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
 
 async fn create(State(s): S, body: Bytes) -> ApiResult<(StatusCode, Json<ContainerInfo>)> {
     let req: ContainerRequest = parse_json(&body)?;
-    let opts =
-        crate::spec::to_create_options(&req).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let image = match &req.image {
+        Some(name) => {
+            let store = s.images.clone();
+            let name = name.clone();
+            let img = tokio::task::spawn_blocking(move || {
+                store.get(&name).map(|i| (store.layer_dirs(&i), i))
+            })
+            .await
+            .map_err(|e| ApiError::bad_request(e.to_string()))?
+            .map_err(|e| ApiError {
+                status: StatusCode::NOT_FOUND,
+                detail: format!("image: {}", flotilla_image::error_chain(&e)),
+            })?;
+            let (lower_dirs, i) = img;
+            Some(crate::spec::ImageSource {
+                name: req.image.clone().unwrap_or_default(),
+                id: i.id.to_string(),
+                lower_dirs,
+                config: i.config.clone(),
+            })
+        }
+        None => None,
+    };
+    let opts = crate::spec::to_create_options(&req, image.as_ref())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let want_net = req.network.unwrap_or(s.net.is_some());
     if want_net && s.net.is_none() {
         return Err(ApiError::bad_request(
@@ -521,6 +556,138 @@ async fn stats(State(s): S, UrlPath(id): UrlPath<String>) -> ApiResult<Json<flot
     }))
 }
 
+fn image_err(e: flotilla_image::ImageError) -> ApiError {
+    let detail = flotilla_image::error_chain(&e);
+    let status = if detail.contains("not found") || detail.contains("no image") {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    ApiError { status, detail }
+}
+
+fn image_info(i: &flotilla_image::Image) -> flotilla_api::ImageInfo {
+    flotilla_api::ImageInfo {
+        id: i.id.to_string(),
+        names: i.names.clone(),
+        size: i.size(),
+        layers: i.layers.len(),
+        added_at: i.added_at,
+        entrypoint: i.config.entrypoint(),
+        cmd: i.config.cmd(),
+    }
+}
+
+async fn list_images(State(s): S) -> Json<Vec<flotilla_api::ImageInfo>> {
+    Json(s.images.list().iter().map(image_info).collect())
+}
+
+async fn pull_image(State(s): S, body: Bytes) -> ApiResult<Json<flotilla_api::ImageInfo>> {
+    let req: flotilla_api::PullRequest = parse_json(&body)?;
+    let mut opts = flotilla_image::PullOptions::default();
+    opts.registry.plain_http = req.plain_http;
+    if let (Some(u), Some(p)) = (req.username, req.password) {
+        opts.registry.auth = flotilla_image::RegistryAuth::Basic {
+            username: u,
+            password: p,
+        };
+    }
+    let img = s
+        .images
+        .pull(&req.reference, &opts)
+        .await
+        .map_err(image_err)?;
+    tracing::info!(reference = %req.reference, id = %img.id, "image pulled");
+    Ok(Json(image_info(&img)))
+}
+
+async fn import_image(State(s): S, body: Bytes) -> ApiResult<Json<Vec<flotilla_api::ImageInfo>>> {
+    let req: flotilla_api::ImportRequest = parse_json(&body)?;
+    let store = s.images.clone();
+    let imgs = tokio::task::spawn_blocking(move || {
+        let p = Path::new(&req.path);
+        let name = req.name.as_deref();
+        match req.format.as_str() {
+            "oci-layout" => Ok(store.import_oci_layout(p, None, name)),
+            "oci-archive" => Ok(store.import_oci_archive(p, None, name)),
+            "docker-archive" => Ok(store.import_docker_archive(p, name)),
+            other => Err(ApiError::bad_request(format!(
+                "format: must be oci-layout, oci-archive or docker-archive, got {other:?}"
+            ))),
+        }
+    })
+    .await
+    .map_err(|e| ApiError::bad_request(e.to_string()))??
+    .map_err(image_err)?;
+    Ok(Json(imgs.iter().map(image_info).collect()))
+}
+
+async fn remove_image(State(s): S, UrlPath(name): UrlPath<String>) -> ApiResult<StatusCode> {
+    // Images that containers run from stay.
+    let rt = s.rt.clone();
+    let containers = blocking(move || rt.list()).await?;
+    let mut in_use = std::collections::HashSet::new();
+    for c in containers {
+        if let Some(id) = c.record.labels.get("flotilla.image.id") {
+            if let Ok(d) = flotilla_image::Digest::parse(id) {
+                in_use.insert(d);
+            }
+        }
+    }
+    let store = s.images.clone();
+    let out = tokio::task::spawn_blocking(move || store.remove(&name, &in_use))
+        .await
+        .map_err(|e| ApiError::bad_request(e.to_string()))?
+        .map_err(image_err)?;
+    if out.untagged.is_empty() && out.deleted.is_none() {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            detail: "image: in use by a container".into(),
+        });
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Snapshot a container's changes as a new image (frozen while its upper
+/// layer is read).
+async fn commit(
+    State(s): S,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult<Json<flotilla_api::ImageInfo>> {
+    let req: flotilla_api::CommitRequest = parse_json(&body)?;
+    let rt = s.rt.clone();
+    let id2 = id.clone();
+    let st = blocking(move || rt.state(&id2)).await?;
+    let base_id = st
+        .record
+        .labels
+        .get("flotilla.image.id")
+        .cloned()
+        .ok_or_else(|| ApiError::bad_request("commit: the container was not made from an image"))?;
+    let store = s.images.clone();
+    let rt = s.rt.clone();
+    let img = tokio::task::spawn_blocking(move || -> Result<flotilla_image::Image, ApiError> {
+        let base = store.get(&base_id).map_err(image_err)?;
+        let upper = rt.upper_dir(&id).map_err(ApiError::from)?;
+        let live = st.status == flotilla_runtime::runtime::Status::Running;
+        if live {
+            st.record
+                .cgroup
+                .freeze()
+                .map_err(|e| ApiError::from(RuntimeError::from(e)))?;
+        }
+        let r = store.commit(&upper, &base, &req.name);
+        if live {
+            let _ = st.record.cgroup.thaw();
+        }
+        r.map_err(image_err)
+    })
+    .await
+    .map_err(|e| ApiError::bad_request(e.to_string()))??;
+    Ok(Json(image_info(&img)))
+}
+
 async fn node(State(s): S) -> Json<serde_json::Value> {
     let rt = s.rt.clone();
     let criu = tokio::task::spawn_blocking(move || rt.criu_info())
@@ -601,6 +768,7 @@ async fn resume(State(s): S, UrlPath(id): UrlPath<String>) -> ApiResult<StatusCo
 pub async fn serve(
     rt: Runtime,
     net: Option<Arc<flotilla_net::NodeNetwork>>,
+    images: Arc<flotilla_image::ImageStore>,
     socket: &Path,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -650,6 +818,7 @@ pub async fn serve(
         router(AppState {
             rt: rt.clone(),
             net,
+            images,
         }),
     )
     .with_graceful_shutdown(shutdown)

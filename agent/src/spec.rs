@@ -13,30 +13,119 @@ use oci_spec::runtime::{
 /// CFS period used for millicore limits.
 pub const CPU_PERIOD_US: u64 = 100_000;
 
-pub fn to_create_options(req: &ContainerRequest) -> Result<CreateOptions, ConfigError> {
-    if req.rootfs.is_empty() {
-        return Err(invalid("rootfs", "at least one directory is required"));
-    }
+/// The root filesystem and configuration defaults of a container made from an image.
+pub struct ImageSource {
+    pub name: String,
+    pub id: String,
+    /// Layer directories, top-most first.
+    pub lower_dirs: Vec<PathBuf>,
+    pub config: flotilla_image::ImageConfig,
+}
+
+pub fn to_create_options(
+    req: &ContainerRequest,
+    image: Option<&ImageSource>,
+) -> Result<CreateOptions, ConfigError> {
+    let lower_dirs: Vec<PathBuf> = match (image, req.rootfs.is_empty()) {
+        (Some(_), false) => {
+            return Err(invalid(
+                "rootfs",
+                "give either an image or rootfs directories, not both",
+            ))
+        }
+        (Some(i), true) => i.lower_dirs.clone(),
+        (None, false) => req.rootfs.iter().map(PathBuf::from).collect(),
+        (None, true) => {
+            return Err(invalid(
+                "rootfs",
+                "an image or at least one directory is required",
+            ))
+        }
+    };
     let spec = match &req.oci {
         Some(v) => serde_json::from_value::<Spec>(v.clone())
             .map_err(|e| invalid("oci", format!("not a valid OCI runtime configuration: {e}")))?,
-        None => build_spec(req)?,
+        None => build_spec(req, image.map(|i| &i.config))?,
     };
+    let mut labels = req.labels.clone();
+    if let Some(i) = image {
+        labels.insert("flotilla.image".into(), i.name.clone());
+        labels.insert("flotilla.image.id".into(), i.id.clone());
+    }
     Ok(CreateOptions {
         id: req.name.clone(),
-        lower_dirs: req.rootfs.iter().map(PathBuf::from).collect(),
+        lower_dirs,
         spec,
-        labels: req.labels.clone(),
+        labels,
     })
 }
 
-fn build_spec(req: &ContainerRequest) -> Result<Spec, ConfigError> {
-    if req.command.is_empty() {
-        return Err(invalid("command", "must name a program to run"));
+/// "uid[:gid]" from an image's User; names would need the image's
+/// /etc/passwd, which is not read yet.
+fn image_user(u: &str) -> Result<(u32, u32), ConfigError> {
+    let (a, b) = u.split_once(':').unwrap_or((u, ""));
+    let num = |s: &str| -> Result<u32, ConfigError> {
+        match s {
+            "root" => Ok(0),
+            _ => s.parse().map_err(|_| {
+                invalid(
+                    "image.config.User",
+                    format!("{u:?}: only numeric ids (or root) are supported"),
+                )
+            }),
+        }
+    };
+    let uid = num(a)?;
+    let gid = if b.is_empty() { uid } else { num(b)? };
+    Ok((uid, gid))
+}
+
+fn build_spec(
+    req: &ContainerRequest,
+    image: Option<&flotilla_image::ImageConfig>,
+) -> Result<Spec, ConfigError> {
+    let args: Vec<String> = match image {
+        Some(c) => {
+            let mut a = c.entrypoint();
+            a.extend(if req.command.is_empty() {
+                c.cmd()
+            } else {
+                req.command.clone()
+            });
+            a
+        }
+        None => req.command.clone(),
+    };
+    if args.is_empty() {
+        return Err(invalid(
+            "command",
+            "must name a program to run (the image has no Entrypoint or Cmd)",
+        ));
     }
-    let mut spec = default_spec(req.command.clone());
+    let mut spec = default_spec(args);
     let process = spec.process_mut().as_mut().expect("default has a process");
     let mut env = process.env().clone().unwrap_or_default();
+    if let Some(c) = image {
+        for e in c.env() {
+            if let Some((k, _)) = e.split_once('=') {
+                env.retain(|x| !x.starts_with(&format!("{k}=")));
+                env.push(e);
+            }
+        }
+        if let Some(w) = c.working_dir().filter(|w| !w.is_empty()) {
+            process.set_cwd(w.into());
+        }
+        if let Some(u) = c.user().filter(|u| !u.is_empty()) {
+            let (uid, gid) = image_user(&u)?;
+            process.set_user(
+                UserBuilder::default()
+                    .uid(uid)
+                    .gid(gid)
+                    .build()
+                    .map_err(|e| invalid("image.config.User", e.to_string()))?,
+            );
+        }
+    }
     for (i, e) in req.env.iter().enumerate() {
         let Some((k, _)) = e.split_once('=') else {
             return Err(invalid(
@@ -196,7 +285,7 @@ mod tests {
             host_gid: 100000,
             size: 65536,
         });
-        let o = to_create_options(&r).unwrap();
+        let o = to_create_options(&r, None).unwrap();
         let c = flotilla_runtime::config::from_spec(&o.spec).unwrap();
         assert_eq!(c.resources.cpu_quota, Some(50_000));
         assert_eq!(c.resources.memory_limit, Some(64 << 20));
@@ -209,7 +298,7 @@ mod tests {
     fn bad_env_named() {
         let mut r = req();
         r.env = vec!["A=1".into(), "B".into()];
-        let e = to_create_options(&r).err().unwrap().to_string();
+        let e = to_create_options(&r, None).err().unwrap().to_string();
         assert!(e.starts_with("env[1]"), "{e}");
     }
 }

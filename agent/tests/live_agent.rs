@@ -672,3 +672,88 @@ fn live_agent_containers_get_addresses_reach_each_other_and_publish_ports() {
     e.assert_clean();
     drop(e);
 }
+
+#[test]
+fn live_agent_images_import_pull_run_commit_and_remove() {
+    if !live() {
+        return;
+    }
+    let e = Env::new();
+    // The test image is built by the project's own code from busybox-static.
+    let layout = e.dir.path().join("layout");
+    flotilla_image::testimage::build_busybox_oci_layout(
+        &flotilla_runtime::rootfs::busybox_path(),
+        &layout,
+        "1",
+    )
+    .unwrap();
+    let layout_s = layout.display().to_string();
+    let (code, out, err) = e.cli(&["image", "import", &layout_s, "--name", "local/busybox:1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, ls, _) = e.cli(&["image", "ls"]);
+    assert!(ls.contains("local/busybox:1"), "{ls}");
+    // Run from the image: its layers are the rootfs, a file is changed.
+    let (code, out, err) = e.cli(&[
+        "run",
+        "--name",
+        "a",
+        "--image",
+        "local/busybox:1",
+        "--",
+        "sh",
+        "-c",
+        "echo committed > /hello; cat /etc/passwd | head -1",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("root:x:0:0"), "{out}");
+    let (code, out, err) = e.cli(&["commit", "a", "local/snap:1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // The snapshot carries the change.
+    let (code, out, err) = e.cli(&[
+        "run",
+        "--rm",
+        "--name",
+        "b",
+        "--image",
+        "local/snap:1",
+        "--",
+        "cat",
+        "/hello",
+    ]);
+    assert_eq!((code, out.as_str()), (0, "committed\n"), "{err}");
+    // An image in use by a container is not removed.
+    let (code, _, err) = e.cli(&["image", "rm", "local/snap:1"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = e.cli(&["image", "rm", "local/busybox:1"]);
+    assert_eq!(code, 1, "removed an image in use");
+    assert!(err.contains("in use"), "{err}");
+    let (code, _, err) = e.cli(&["rm", "a"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = e.cli(&["image", "rm", "local/busybox:1"]);
+    assert_eq!(code, 0, "{err}");
+    // Pull from Debian's docker-registry on loopback and run it.
+    let reg = flotilla_image::testregistry::TestRegistry::start_plain().unwrap();
+    let reference = reg.reference("test/busybox:1");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(flotilla_image::registry::push_oci_layout(
+        &layout,
+        None,
+        &reference,
+        &reg.options(flotilla_image::RegistryAuth::Anonymous),
+    ))
+    .unwrap();
+    let (code, out, err) = e.cli(&["image", "pull", "--plain-http", &reference]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = e.cli(&[
+        "run", "--rm", "--name", "p", "--image", &reference, "--", "echo", "pulled",
+    ]);
+    assert_eq!((code, out.as_str()), (0, "pulled\n"), "{err}");
+    // Unknown image: a clear error.
+    let (code, _, err) = e.cli(&["run", "--name", "x", "--image", "nope:1", "--", "true"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("image"), "{err}");
+    e.assert_clean();
+}

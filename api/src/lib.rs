@@ -13,9 +13,15 @@ pub mod cluster;
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ContainerRequest {
     pub name: String,
-    /// Read-only root filesystem directories, top-most first.
+    /// An image in the node's store (name or id); its layers become the
+    /// root filesystem and its configuration the defaults.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Read-only root filesystem directories, top-most first (instead of an image).
+    #[serde(default)]
     pub rootfs: Vec<String>,
-    /// Command and arguments.
+    /// Command and arguments (with an image: replaces its Cmd, keeps its Entrypoint).
+    #[serde(default)]
     pub command: Vec<String>,
     #[serde(default)]
     pub env: Vec<String>,
@@ -178,6 +184,49 @@ pub struct RestoreRequest {
     pub images_dir: String,
     #[serde(default)]
     pub tcp_established: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageInfo {
+    pub id: String,
+    pub names: Vec<String>,
+    pub size: u64,
+    pub layers: usize,
+    pub added_at: u64,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PullRequest {
+    pub reference: String,
+    /// Speak plain HTTP to the registry.
+    #[serde(default)]
+    pub plain_http: bool,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ImportRequest {
+    /// An OCI layout directory, or an oci-archive / docker-archive tarball.
+    pub path: String,
+    /// oci-layout, oci-archive or docker-archive.
+    pub format: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CommitRequest {
+    /// Name of the new image.
+    pub name: String,
 }
 
 /// RFC 9457 problem details.

@@ -1052,6 +1052,12 @@ impl Runtime {
         Ok(u)
     }
 
+    /// The container's overlay upper directory (its changes to the image).
+    pub fn upper_dir(&self, id: &str) -> Result<PathBuf, RuntimeError> {
+        self.load(id)?;
+        Ok(self.dir(id).join("upper"))
+    }
+
     pub fn log_path(&self, id: &str) -> Result<PathBuf, RuntimeError> {
         self.load(id)?;
         Ok(self.dir(id).join(LOG_FILE))
