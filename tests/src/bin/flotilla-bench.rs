@@ -12,6 +12,12 @@
 //! binary, hidden `__crun-worker` mode) in a private mount namespace with an empty file
 //! bind-mounted over that file, and the worker times each `crun run`. The namespace, and with it
 //! the bind mount, disappears when the worker exits.
+//!
+//! `flotilla-bench checkpoint-restore`: checkpoint and restore time for Flotilla, runc and plain
+//! CRIU of the same memory-filling workload (see `flotilla-bench/checkpoint_restore.rs`).
+
+#[path = "flotilla-bench/checkpoint_restore.rs"]
+mod checkpoint_restore;
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -53,6 +59,8 @@ struct Cli {
 enum Cmd {
     /// Start-to-exit latency of `/bin/true`: Flotilla vs runc vs crun, interleaved.
     StartLatency(StartLatency),
+    /// Checkpoint and restore time at 16/256/1024 MiB resident: Flotilla vs runc vs plain CRIU.
+    CheckpointRestore(checkpoint_restore::CheckpointRestore),
     /// Internal: times `crun run` inside the crun workaround's mount namespace.
     #[command(name = WORKER_MODE, hide = true)]
     CrunWorker(WorkerArgs),
@@ -148,6 +156,13 @@ fn main() -> ExitCode {
     install_signal_flag();
     match cli.cmd {
         Cmd::StartLatency(o) => match start_latency(&o) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("flotilla-bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::CheckpointRestore(o) => match checkpoint_restore::checkpoint_restore(&o) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("flotilla-bench: {e:#}");
