@@ -281,6 +281,75 @@ fn criu_log_duration(log: &Path) -> Option<Duration> {
         .map(Duration::from_secs_f64)
 }
 
+/// Names of the phases `criu_phases` splits a log into, in order.
+const DUMP_PHASES: [&str; 7] = [
+    "startup + kerndat probing",
+    "seize + collect",
+    "task: memory pages, files",
+    "mounts (tmpfs archived with tar)",
+    "namespaces",
+    "  of which the network namespace",
+    "kill + finish",
+];
+const RESTORE_PHASES: [&str; 7] = [
+    "startup + kerndat probing",
+    "read images, prepare",
+    "namespaces + mounts (tmpfs untar)",
+    "task: memory pages, files",
+    "post-restore",
+    "network unlock",
+    "finish",
+];
+
+/// Split a CRIU `-v4` log into phases by the lines CRIU 4.2 logs at their boundaries (see
+/// DUMP_PHASES and RESTORE_PHASES); None when the log has no timestamps or lacks a boundary.
+fn criu_phases(log: &Path, dump: bool) -> Option<Vec<Duration>> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let lines: Vec<(f64, &str)> = text
+        .lines()
+        .filter_map(|l| {
+            let (ts, msg) = l.strip_prefix('(')?.split_once(')')?;
+            Some((ts.trim().parse::<f64>().ok()?, msg.trim_start()))
+        })
+        .collect();
+    let end = lines.last()?.0;
+    let at = |f: &dyn Fn(&str) -> bool| lines.iter().find(|(_, m)| f(m)).map(|(t, _)| *t);
+    let d = |a: f64, b: f64| Duration::from_secs_f64((b - a).max(0.0));
+    if dump {
+        let procs = at(&|m| m.starts_with("Dumping processes"))?;
+        let task = at(&|m| m.starts_with("Dumping task (pid"))?;
+        let mm = at(&|m| m.starts_with("Dumping mm (pid"))?;
+        let pstree = at(&|m| m.starts_with("Dumping pstree"))?;
+        let ns_done = at(&|m| m.starts_with("Namespaces dump complete")).unwrap_or(pstree);
+        let net = at(&|m| m.starts_with("Dump NET namespace info")).unwrap_or(ns_done);
+        Some(vec![
+            d(0.0, procs),
+            d(procs, task),
+            d(task, mm),
+            d(mm, pstree),
+            d(pstree, ns_done),
+            d(net, ns_done),
+            d(ns_done, end),
+        ])
+    } else {
+        let will = at(&|m| m.starts_with("Will restore in"))?;
+        let fork = at(&|m| m.starts_with("Forking task"))?;
+        let ns = at(&|m| m.starts_with("Running post-setup-namespaces")).unwrap_or(fork);
+        let restored = at(&|m| m.ends_with("Restored"))?;
+        let finished = at(&|m| m.starts_with("Restore finished"))?;
+        let unlock = at(&|m| m.starts_with("Running network-unlock")).unwrap_or(finished);
+        Some(vec![
+            d(0.0, will),
+            d(will, fork),
+            d(fork, ns),
+            d(ns, restored),
+            d(restored, unlock),
+            d(unlock, finished),
+            d(finished, end),
+        ])
+    }
+}
+
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|rd| {
@@ -473,6 +542,9 @@ struct Cycle {
     /// CRIU's own time from its `-v4` log (Flotilla and runc).
     criu_dump: Option<Duration>,
     criu_restore: Option<Duration>,
+    /// CRIU's phases from its `-v4` logs (DUMP_PHASES, RESTORE_PHASES).
+    dump_phases: Option<Vec<Duration>>,
+    restore_phases: Option<Vec<Duration>>,
     /// Plain CRIU: from the start of `criu dump` until the dumped process had been reaped.
     dump_until_reaped: Option<Duration>,
     rss_before_kib: u64,
@@ -600,6 +672,7 @@ impl Bench {
             ));
         }
         let criu_dump = criu_log_duration(&images.join("dump.log"));
+        let dump_phases = criu_phases(&images.join("dump.log"), true);
         self.keep(&images.join("dump.log"), &format!("{id}-dump.log"));
         let image_bytes = dir_bytes(images);
 
@@ -619,6 +692,7 @@ impl Bench {
             .map(|d| d.join("criu-work/restore.log"))
             .unwrap_or_default();
         let criu_restore = criu_log_duration(&rlog);
+        let restore_phases = criu_phases(&rlog, false);
         self.keep(&rlog, &format!("{id}-restore.log"));
 
         let check = signal_until_line("restored flotilla container", self.timeout, &logs, || {
@@ -633,6 +707,8 @@ impl Bench {
             restore,
             criu_dump,
             criu_restore,
+            dump_phases,
+            restore_phases,
             dump_until_reaped: None,
             rss_before_kib,
             rss_after_kib: vm_rss_kib(st.record.init_pid),
@@ -767,6 +843,7 @@ impl Bench {
         let dump = time_cmd(cmd, Stdio::null(), Stdio::null(), &errf, self.timeout)
             .map_err(|e| format!("runc checkpoint: {e}; log: {}", work_log(&work, "dump")))?;
         let criu_dump = criu_log_duration(&work.join("dump.log"));
+        let dump_phases = criu_phases(&work.join("dump.log"), true);
         self.keep(&work.join("dump.log"), &format!("{id}-dump.log"));
         let image_bytes = dir_bytes(&images);
         drop(out_text);
@@ -802,6 +879,7 @@ impl Bench {
             )
         })?;
         let criu_restore = criu_log_duration(&work.join("restore.log"));
+        let restore_phases = criu_phases(&work.join("restore.log"), false);
         self.keep(&work.join("restore.log"), &format!("{id}-restore.log"));
         let pid = self.runc_pid(id)?;
         // The restored container init (pid from runc state).
@@ -828,6 +906,8 @@ impl Bench {
             restore,
             criu_dump,
             criu_restore,
+            dump_phases,
+            restore_phases,
             dump_until_reaped: None,
             rss_before_kib,
             rss_after_kib: vm_rss_kib(pid),
@@ -886,13 +966,15 @@ impl Bench {
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err));
-        // SAFETY: setsid is async-signal-safe.
+        // SAFETY: setsid and close_range are plain syscalls (async-signal-safe).
         unsafe {
             cmd.pre_exec(|| {
                 if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                Ok(())
+                // Only stdio: no descriptor this bench inherited (from a shell, say) may be
+                // dumped and restored with the workload.
+                sys::cloexec_from(3)
             });
         }
         let c = cmd.spawn().map_err(|e| format!("starting memcheck: {e}"))?;
@@ -928,6 +1010,7 @@ impl Bench {
         let dump_until_reaped = t0.elapsed();
         let image_bytes = dir_bytes(images);
         let criu_dump = criu_log_duration(&images.join("dump.log")).filter(|_| self.plain_v4);
+        let dump_phases = criu_phases(&images.join("dump.log"), true).filter(|_| self.plain_v4);
         self.keep(&images.join("dump.log"), &format!("{name}-dump.log"));
 
         let mut cmd = Command::new(&self.criu);
@@ -945,6 +1028,8 @@ impl Bench {
                 )
             })?;
         let criu_restore = criu_log_duration(&images.join("restore.log")).filter(|_| self.plain_v4);
+        let restore_phases =
+            criu_phases(&images.join("restore.log"), false).filter(|_| self.plain_v4);
         self.keep(&images.join("restore.log"), &format!("{name}-restore.log"));
         // CRIU restores the same pid.
         self.procs.add(pid);
@@ -965,6 +1050,8 @@ impl Bench {
             restore,
             criu_dump,
             criu_restore,
+            dump_phases,
+            restore_phases,
             dump_until_reaped: Some(dump_until_reaped),
             rss_before_kib,
             rss_after_kib: vm_rss_kib(pid),
@@ -1508,6 +1595,78 @@ pub(crate) fn checkpoint_restore(o: &CheckpointRestore) -> Result<ExitCode> {
                 diag.insert("criu_dump_until_reaped".into(), stats_json(Some(&x)));
             }
         }
+        // CRIU's phases, from its -v4 logs: what the container shape costs inside CRIU.
+        for (dump, names) in [(true, &DUMP_PHASES), (false, &RESTORE_PHASES)] {
+            let cols: Vec<(Who, Vec<Samples>)> = r
+                .series
+                .iter()
+                .map(|(w, s)| {
+                    let per: Vec<Samples> = (0..names.len())
+                        .map(|k| {
+                            s.samples(|c| {
+                                let ph = if dump {
+                                    &c.dump_phases
+                                } else {
+                                    &c.restore_phases
+                                };
+                                ph.as_ref().and_then(|v| v.get(k).copied())
+                            })
+                        })
+                        .collect();
+                    (*w, per)
+                })
+                .filter(|(_, per)| !per[0].v.is_empty())
+                .collect();
+            if cols.is_empty() {
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "CRIU {} phases from its -v4 log, median ms:",
+                if dump { "dump" } else { "restore" }
+            );
+            let _ = writeln!(
+                out,
+                "| phase | {} |",
+                cols.iter()
+                    .map(|(w, per)| format!("{} (n={})", w.name(), per[0].v.len()))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
+            let _ = writeln!(out, "|---|{}", "---|".repeat(cols.len()));
+            let mut jp = serde_json::Map::new();
+            for (k, name) in names.iter().enumerate() {
+                let cells: Vec<String> = cols
+                    .iter()
+                    .map(|(_, per)| {
+                        per[k]
+                            .stats()
+                            .map(|s| format!("{:.1}", s.median))
+                            .unwrap_or("-".into())
+                    })
+                    .collect();
+                let _ = writeln!(out, "| {name} | {} |", cells.join(" | "));
+                jp.insert(
+                    name.trim().to_string(),
+                    cols.iter()
+                        .map(|(w, per)| {
+                            (
+                                w.name().to_string(),
+                                json!(per[k].stats().map(|s| s.median)),
+                            )
+                        })
+                        .collect::<serde_json::Map<_, _>>()
+                        .into(),
+                );
+            }
+            diag.insert(
+                format!(
+                    "criu_{}_phases_median_ms",
+                    if dump { "dump" } else { "restore" }
+                ),
+                jp.into(),
+            );
+        }
         for (w, s) in &r.series {
             for (i, c) in s.cycles.iter().enumerate() {
                 if let Verified::AliveRss(why) = &c.verified {
@@ -1534,6 +1693,8 @@ pub(crate) fn checkpoint_restore(o: &CheckpointRestore) -> Result<ExitCode> {
                     "criu_log_dump_ms": c.criu_dump.map(ms),
                     "criu_log_restore_ms": c.criu_restore.map(ms),
                     "dump_until_reaped_ms": c.dump_until_reaped.map(ms),
+                    "criu_dump_phases_ms": c.dump_phases.as_ref().map(|v| v.iter().map(|d| ms(*d)).collect::<Vec<_>>()),
+                    "criu_restore_phases_ms": c.restore_phases.as_ref().map(|v| v.iter().map(|d| ms(*d)).collect::<Vec<_>>()),
                     "rss_before_kib": c.rss_before_kib,
                     "rss_after_kib": c.rss_after_kib,
                     "image_bytes": c.image_bytes,
@@ -1620,4 +1781,72 @@ pub(crate) fn checkpoint_restore(o: &CheckpointRestore) -> Result<ExitCode> {
             ExitCode::FAILURE
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn criu_log_duration_takes_the_largest_timestamp() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("dump.log");
+        std::fs::write(
+            &p,
+            "Warn  (criu/config.c:1063): no timestamp\n(00.000000) start\n(01.250000) late\n(00.900000) out of order\nno parens\n",
+        )
+        .unwrap();
+        assert_eq!(criu_log_duration(&p), Some(Duration::from_millis(1250)));
+        std::fs::write(&p, "Error (criu/util.c:1534): rlimit\n").unwrap();
+        assert_eq!(criu_log_duration(&p), None);
+        assert_eq!(criu_log_duration(&d.path().join("missing")), None);
+    }
+
+    #[test]
+    fn criu_phases_split_a_dump_and_a_restore_log() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("dump.log");
+        std::fs::write(
+            &p,
+            "(00.000000) CRIU run id\n(00.050000) Dumping processes (pid: 1)\n(00.060000) Dumping task (pid: 1)\n(00.100000) Dumping mm (pid: 1)\n(00.170000) Dumping pstree (pid: 1)\n(00.180000) Dump NET namespace info 10\n(00.230000) Namespaces dump complete\n(00.240000) Dumping finished successfully\n",
+        )
+        .unwrap();
+        let ms: Vec<u64> = criu_phases(&p, true)
+            .unwrap()
+            .iter()
+            .map(|d| (d.as_secs_f64() * 1e3).round() as u64)
+            .collect();
+        assert_eq!(ms, vec![50, 10, 40, 70, 60, 50, 10]);
+        let r = d.path().join("restore.log");
+        std::fs::write(
+            &r,
+            "(00.000000) x\n(00.080000) Will restore in 6c020000 namespaces\n(00.081000) Forking task with 1 pid\n(00.150000) Running post-setup-namespaces scripts\n(00.200000) pie: 1: 1: Restored\n(00.203000) Running network-unlock scripts\n(00.220000) Restore finished successfully. Tasks resumed.\n(00.221000) Running post-resume scripts\n",
+        )
+        .unwrap();
+        let ms: Vec<u64> = criu_phases(&r, false)
+            .unwrap()
+            .iter()
+            .map(|d| (d.as_secs_f64() * 1e3).round() as u64)
+            .collect();
+        assert_eq!(ms, vec![80, 1, 69, 50, 3, 17, 1]);
+        // A default-level log has no timestamps.
+        std::fs::write(&p, "Error (criu/util.c:1534): rlimit\n").unwrap();
+        assert!(criu_phases(&p, true).is_none());
+    }
+
+    #[test]
+    fn ratios_are_ratios_of_medians() {
+        let a = Samples {
+            v: vec![Duration::from_millis(300), Duration::from_millis(100)],
+        }
+        .stats();
+        let b = Samples {
+            v: vec![Duration::from_millis(100)],
+        }
+        .stats();
+        let (text, v) = fmt_ratio(a.as_ref(), b.as_ref());
+        assert_eq!(text, "2.00");
+        assert_eq!(v, Some(2.0));
+        assert_eq!(fmt_ratio(a.as_ref(), None).1, None);
+    }
 }
