@@ -32,6 +32,7 @@ pub const COMMAND_VERSION: u16 = 1;
 pub const EVENTS_CAPACITY: usize = 1000;
 
 /// The payload of one Raft log entry.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VersionedCommand {
     pub v: u16,
@@ -54,6 +55,7 @@ impl From<Command> for VersionedCommand {
 }
 
 /// Every change to the cluster state. Append variants; never change released ones.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Command {
@@ -129,6 +131,7 @@ impl Command {
 }
 
 /// Names one object of the cluster state.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "id", rename_all = "snake_case")]
 pub enum ObjectKey {
@@ -155,6 +158,7 @@ impl fmt::Display for ObjectKey {
 
 /// The outcome of applying one log entry. Refusals are results, not errors: every replica
 /// computes the same one.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum CommandResult {
@@ -181,6 +185,7 @@ impl CommandResult {
 // Nodes
 // ---------------------------------------------------------------------------------------------
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Capacity {
@@ -189,6 +194,7 @@ pub struct Capacity {
 }
 
 /// What an agent reports about its node when it registers.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeInfo {
@@ -205,6 +211,7 @@ pub struct NodeInfo {
 }
 
 /// A node lease renewal, ordered by (`leader_term`, `seq`) without any clock.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeLease {
@@ -218,6 +225,7 @@ pub struct NodeLease {
     pub renewed_at_ms: u64,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeRecord {
@@ -231,6 +239,7 @@ pub struct NodeRecord {
     pub revision: u64,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RegisterNode {
@@ -241,6 +250,7 @@ pub struct RegisterNode {
 }
 
 /// Changes the given fields of a registered node; absent fields stay.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateNode {
@@ -260,6 +270,7 @@ pub struct UpdateNode {
     pub at_ms: u64,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RemoveNode {
@@ -270,6 +281,7 @@ pub struct RemoveNode {
 }
 
 /// Lease renewal. A renewal not newer than the stored one is refused.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeHeartbeat {
@@ -282,6 +294,7 @@ pub struct NodeHeartbeat {
 // Workloads
 // ---------------------------------------------------------------------------------------------
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadResources {
@@ -289,6 +302,7 @@ pub struct WorkloadResources {
     pub memory_bytes: u64,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PortSpec {
@@ -298,6 +312,7 @@ pub struct PortSpec {
     pub protocol: Protocol,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
@@ -306,6 +321,7 @@ pub enum Protocol {
     Udp,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LabelConstraint {
@@ -315,6 +331,7 @@ pub struct LabelConstraint {
     pub values: Vec<String>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConstraintOp {
@@ -324,6 +341,7 @@ pub enum ConstraintOp {
     DoesNotExist,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PlacementStrategy {
@@ -332,6 +350,7 @@ pub enum PlacementStrategy {
     Spread,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Placement {
@@ -344,6 +363,7 @@ pub struct Placement {
     pub anti_affinity: bool,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MigrationPolicy {
@@ -353,6 +373,7 @@ pub enum MigrationPolicy {
     Never,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateStrategy {
@@ -370,6 +391,7 @@ impl Default for UpdateStrategy {
 }
 
 /// A workload as declared. Deep validation belongs to the API layer.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadSpec {
@@ -393,6 +415,7 @@ pub struct WorkloadSpec {
     pub update_strategy: UpdateStrategy,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadRecord {
@@ -404,6 +427,7 @@ pub struct WorkloadRecord {
     pub revision: u64,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PutWorkload {
@@ -413,6 +437,7 @@ pub struct PutWorkload {
     pub at_ms: u64,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeleteWorkload {
@@ -426,6 +451,7 @@ pub struct DeleteWorkload {
 // Instances (reliability.md §2.3: owner, epoch, phase)
 // ---------------------------------------------------------------------------------------------
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InstancePhase {
@@ -440,6 +466,7 @@ pub enum InstancePhase {
 }
 
 /// What the owning agent observed.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ObservedState {
@@ -451,6 +478,7 @@ pub enum ObservedState {
     Stopped,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExitReason {
@@ -464,6 +492,7 @@ pub struct ExitReason {
     pub message: String,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceObserved {
@@ -473,6 +502,7 @@ pub struct InstanceObserved {
     pub reported_at_ms: u64,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceRecord {
@@ -490,6 +520,7 @@ pub struct InstanceRecord {
 
 /// Scheduler decision: create the instance (epoch 1) or move it to `owner_node` (epoch + 1 when
 /// the owner changes).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PutInstancePlacement {
@@ -502,6 +533,7 @@ pub struct PutInstancePlacement {
 }
 
 /// An agent's report; refused unless `epoch` is current and `node_id` owns the instance.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReportInstanceState {
@@ -517,6 +549,7 @@ pub struct ReportInstanceState {
 }
 
 /// Fenced ownership change (failover): applies only at `expect_epoch`, then bumps the epoch.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ChangeInstanceOwner {
@@ -527,6 +560,7 @@ pub struct ChangeInstanceOwner {
     pub at_ms: u64,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeleteInstance {
@@ -540,6 +574,7 @@ pub struct DeleteInstance {
 // Services
 // ---------------------------------------------------------------------------------------------
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicePort {
@@ -550,6 +585,7 @@ pub struct ServicePort {
     pub protocol: Protocol,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
@@ -563,6 +599,7 @@ pub struct ServiceSpec {
     pub vip: Option<String>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceRecord {
@@ -572,6 +609,7 @@ pub struct ServiceRecord {
     pub revision: u64,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PutService {
@@ -581,6 +619,7 @@ pub struct PutService {
     pub at_ms: u64,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeleteService {
@@ -594,6 +633,7 @@ pub struct DeleteService {
 // Migrations (reliability.md §2.5: the Raft commit is the point of no return)
 // ---------------------------------------------------------------------------------------------
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MigrationPhase {
@@ -621,6 +661,7 @@ impl MigrationPhase {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MigrationRecord {
@@ -636,6 +677,7 @@ pub struct MigrationRecord {
     pub revision: u64,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StartMigration {
@@ -647,6 +689,7 @@ pub struct StartMigration {
     pub at_ms: u64,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AdvanceMigration {
@@ -660,6 +703,7 @@ pub struct AdvanceMigration {
 // Tokens
 // ---------------------------------------------------------------------------------------------
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenRole {
@@ -672,6 +716,7 @@ pub enum TokenRole {
 }
 
 /// A token as stored: only the hash of its secret, never the secret.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenInfo {
@@ -686,6 +731,7 @@ pub struct TokenInfo {
     pub expires_at_ms: Option<u64>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenRecord {
@@ -696,6 +742,7 @@ pub struct TokenRecord {
     pub revision: u64,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PutToken {
@@ -705,6 +752,7 @@ pub struct PutToken {
     pub at_ms: u64,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RevokeToken {
@@ -716,6 +764,7 @@ pub struct RevokeToken {
 // Events
 // ---------------------------------------------------------------------------------------------
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Event {
@@ -735,6 +784,7 @@ pub struct Event {
 // ---------------------------------------------------------------------------------------------
 
 /// Where a controller is reached: the Raft node type stored in the membership.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ControllerAddr {
@@ -750,6 +800,7 @@ impl fmt::Display for ControllerAddr {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MemberRole {
@@ -758,6 +809,7 @@ pub enum MemberRole {
     Learner,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MemberInfo {
@@ -769,6 +821,7 @@ pub struct MemberInfo {
     pub matched_index: Option<u64>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterStatus {
@@ -785,6 +838,7 @@ pub struct ClusterStatus {
 }
 
 /// Ask the cluster to add a controller (as a learner, then as a voter when `voter`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AddMemberRequest {
@@ -799,6 +853,7 @@ fn yes() -> bool {
 }
 
 /// The outcome of a committed write.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WriteResponse {

@@ -15,6 +15,7 @@ use flotilla_api::cluster::{
     ClusterStatus, Command as RaftCommand, PutWorkload, VersionedCommand, WorkloadRecord,
     WorkloadSpec, WriteResponse,
 };
+use flotilla_api::rest::WorkloadList;
 use tempfile::TempDir;
 
 const ELECTION_MIN_MS: u64 = 300;
@@ -275,7 +276,12 @@ async fn live_controller_kill_9_leader_loses_no_acknowledged_write() -> Result<(
                 .await;
             if let Ok(r) = r {
                 if r.status().is_success() {
-                    break r.json().await?;
+                    let list: WorkloadList = r.json().await?;
+                    break list
+                        .items
+                        .into_iter()
+                        .map(|w| (w.spec.name.clone(), w))
+                        .collect();
                 }
             }
             ensure!(
