@@ -1,7 +1,9 @@
 //! Flotilla's scheduler: pure placement decisions.
 //!
-//! Given read-only views of the nodes and of one workload, [`place`] decides where new
-//! replicas go, or why they cannot go anywhere.
+//! Given read-only views of the nodes and of one workload, the functions here return plans:
+//! where new replicas go ([`place`]), which replicas to remove on scale down
+//! ([`plan_scale`]), where the replicas of a drained node go ([`plan_drain`]), and the next
+//! batch of a rolling update ([`plan_rollout`]).
 //!
 //! **Architecture invariant:** the scheduler does no I/O and cannot fail. It reads no clock,
 //! draws no random number and iterates no hash map where order matters: the same input gives
@@ -14,16 +16,22 @@
 //! in `place.rs`.
 
 pub mod convert;
+mod drain;
 mod index;
 mod place;
 mod reason;
 #[cfg(any(test, feature = "reference"))]
 pub mod reference;
+mod rollout;
+mod scale;
 mod types;
 
+pub use drain::{plan_drain, Deployed, DrainPlan, Move, Stuck};
 pub use index::NodeIndex;
 pub use place::{free_replica_indices, place, place_replicas};
 pub use reason::{Bytes, Cpu, DimensionCounts, Reason};
+pub use rollout::{plan_rollout, InstanceState, RolloutInstance, RolloutPolicy, RolloutStep};
+pub use scale::{choose_removals, plan_scale, ScalePlan};
 pub use types::{
     AntiAffinity, LabelSelector, NodeView, Placement, PlanResult, ReplicaIndex, Resources,
     SelectorOp, Strategy, Unplaced, WorkloadView,

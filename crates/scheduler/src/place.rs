@@ -403,6 +403,11 @@ impl<'i, 'n> Working<'i, 'n> {
     }
 }
 
+/// How well a node fits once `used` is allocated on it, in millionths (0..=2,000,000).
+pub(crate) fn fit_score(strategy: Strategy, capacity: Resources, used: Resources) -> u64 {
+    fit_score_scaled(strategy, capacity, Reciprocal::of(capacity), used)
+}
+
 /// The reciprocals of a capacity: a multiplication replaces a division in the hot loop.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Reciprocal {
@@ -420,8 +425,7 @@ impl Reciprocal {
     }
 }
 
-/// How well a node fits once `used` is allocated on it, in millionths (0..=2,000,000), with
-/// the capacity's reciprocals at hand.
+/// [`fit_score`] with the capacity's reciprocals at hand.
 #[inline(always)]
 pub(crate) fn fit_score_scaled(
     strategy: Strategy,
