@@ -89,14 +89,14 @@ pub(crate) fn member_statuses(st: &ApiState) -> MembersResponse {
 
 /// This controller's Raft status and the members it knows.
 #[utoipa::path(get, path = "/v1/cluster/status", tag = "cluster",
-    responses((status = 200, body = ClusterStatus), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "answered", body = ClusterStatus), (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json")))]
 async fn status(State(st): State<ApiState>) -> Json<ClusterStatus> {
     Json(st.node.status())
 }
 
 /// The members with their roles; health and lag when the leader answers.
 #[utoipa::path(get, path = "/v1/cluster/members", tag = "cluster",
-    responses((status = 200, body = MembersResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "answered", body = MembersResponse), (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json")))]
 async fn members(State(st): State<ApiState>) -> Json<MembersResponse> {
     Json(member_statuses(&st))
 }
@@ -105,9 +105,9 @@ async fn members(State(st): State<ApiState>) -> Json<MembersResponse> {
 /// certificate of the cluster CA.
 #[utoipa::path(post, path = "/v1/cluster/members", tag = "cluster", request_body = AddMemberRequest,
     responses(
-        (status = 200, body = MembershipChanged),
-        (status = "4XX", body = Problem, content_type = "application/problem+json"),
-        (status = "5XX", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "answered", body = MembershipChanged),
+        (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the cluster cannot answer now (no quorum, timeout)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn add_member(
     State(st): State<ApiState>,
@@ -125,9 +125,9 @@ async fn add_member(
 #[utoipa::path(delete, path = "/v1/cluster/members/{id}", tag = "cluster",
     params(("id" = u64, Path, description = "the controller's Raft id")),
     responses(
-        (status = 200, body = MembershipChanged),
-        (status = "4XX", body = Problem, content_type = "application/problem+json"),
-        (status = "5XX", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "answered", body = MembershipChanged),
+        (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the cluster cannot answer now (no quorum, timeout)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn remove_member(
     State(st): State<ApiState>,
@@ -156,7 +156,7 @@ async fn remove_member(
 
 /// The current leader as this controller knows it.
 #[utoipa::path(get, path = "/v1/cluster/leader", tag = "cluster",
-    responses((status = 200, body = LeaderResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "answered", body = LeaderResponse), (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json")))]
 async fn leader(State(st): State<ApiState>) -> Json<LeaderResponse> {
     let m = st.node.metrics();
     let addr = m
@@ -172,7 +172,7 @@ async fn leader(State(st): State<ApiState>) -> Json<LeaderResponse> {
 
 /// Raft metrics of this controller.
 #[utoipa::path(get, path = "/v1/cluster/raft", tag = "cluster",
-    responses((status = 200, body = RaftMetricsView), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "answered", body = RaftMetricsView), (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json")))]
 async fn raft_metrics(State(st): State<ApiState>) -> Json<RaftMetricsView> {
     let m = st.node.metrics();
     Json(RaftMetricsView {
@@ -196,9 +196,9 @@ async fn raft_metrics(State(st): State<ApiState>) -> Json<RaftMetricsView> {
 /// Build a snapshot of this controller's state now (log compaction follows by policy).
 #[utoipa::path(post, path = "/v1/cluster/snapshot", tag = "cluster",
     responses(
-        (status = 202, body = SnapshotTriggered),
-        (status = "4XX", body = Problem, content_type = "application/problem+json"),
-        (status = "5XX", body = Problem, content_type = "application/problem+json"),
+        (status = 202, description = "answered", body = SnapshotTriggered),
+        (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the cluster cannot answer now (no quorum, timeout)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn snapshot(State(st): State<ApiState>) -> Result<Response, ApiError> {
     let applied_index = st.node.applied_index();
@@ -224,14 +224,14 @@ fn health_of(st: &ApiState) -> (bool, Health) {
 
 /// Liveness: the process answers (no token needed).
 #[utoipa::path(get, path = "/v1/health", tag = "cluster", security(()),
-    responses((status = 200, body = Health)))]
+    responses((status = 200, description = "answered", body = Health)))]
 async fn health(State(st): State<ApiState>) -> Json<Health> {
     Json(health_of(&st).1)
 }
 
 /// Readiness: a leader is known and Raft runs (503 otherwise; no token needed).
 #[utoipa::path(get, path = "/v1/ready", tag = "cluster", security(()),
-    responses((status = 200, body = Health), (status = 503, body = Health)))]
+    responses((status = 200, description = "answered", body = Health), (status = 503, description = "answered", body = Health)))]
 async fn ready(State(st): State<ApiState>) -> Response {
     let (ok, h) = health_of(&st);
     let status = if ok {

@@ -102,9 +102,9 @@ fn created(s: &ClusterState, key: &ObjectKey, revision: u64) -> bool {
 /// List workloads.
 #[utoipa::path(get, path = "/v1/workloads", tag = "objects", params(ReadQuery),
     responses(
-        (status = 200, body = WorkloadList, headers(("x-flotilla-index" = u64, description = "applied index of the read"))),
-        (status = "4XX", body = Problem, content_type = "application/problem+json"),
-        (status = "5XX", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "answered", body = WorkloadList, headers(("x-flotilla-index" = u64, description = "applied index of the read"))),
+        (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the cluster cannot answer now (no quorum, timeout)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn list_workloads(
     State(st): State<ApiState>,
@@ -123,9 +123,9 @@ async fn list_workloads(
 #[utoipa::path(get, path = "/v1/workloads/{name}", tag = "objects",
     params(("name" = String, Path, description = "DNS-1123 label"), ReadQuery),
     responses(
-        (status = 200, body = WorkloadRecord, headers(("x-flotilla-index" = u64), ("etag" = String, description = "\"<revision>\""))),
-        (status = "4XX", body = Problem, content_type = "application/problem+json"),
-        (status = "5XX", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "answered", body = WorkloadRecord, headers(("x-flotilla-index" = u64), ("etag" = String, description = "\"<revision>\""))),
+        (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the cluster cannot answer now (no quorum, timeout)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn get_workload(
     State(st): State<ApiState>,
@@ -147,10 +147,10 @@ async fn get_workload(
     ),
     request_body = WorkloadWrite,
     responses(
-        (status = 200, body = WorkloadRecord, description = "replaced"),
+        (status = 200, description = "answered", body = WorkloadRecord, description = "replaced"),
         (status = 201, body = WorkloadRecord, description = "created"),
-        (status = "4XX", body = Problem, content_type = "application/problem+json"),
-        (status = "5XX", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the cluster cannot answer now (no quorum, timeout)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn put_workload(
     State(st): State<ApiState>,
@@ -193,9 +193,9 @@ async fn put_workload(
         WriteQuery,
     ),
     responses(
-        (status = 200, body = Deleted),
-        (status = "4XX", body = Problem, content_type = "application/problem+json"),
-        (status = "5XX", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "answered", body = Deleted),
+        (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the cluster cannot answer now (no quorum, timeout)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn delete_workload(
     State(st): State<ApiState>,
@@ -231,9 +231,9 @@ async fn delete_workload(
 /// List services.
 #[utoipa::path(get, path = "/v1/services", tag = "objects", params(ReadQuery),
     responses(
-        (status = 200, body = ServiceList, headers(("x-flotilla-index" = u64))),
-        (status = "4XX", body = Problem, content_type = "application/problem+json"),
-        (status = "5XX", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "answered", body = ServiceList, headers(("x-flotilla-index" = u64))),
+        (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the cluster cannot answer now (no quorum, timeout)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn list_services(
     State(st): State<ApiState>,
@@ -252,9 +252,9 @@ async fn list_services(
 #[utoipa::path(get, path = "/v1/services/{name}", tag = "objects",
     params(("name" = String, Path, description = "DNS-1123 label"), ReadQuery),
     responses(
-        (status = 200, body = ServiceRecord, headers(("x-flotilla-index" = u64), ("etag" = String))),
-        (status = "4XX", body = Problem, content_type = "application/problem+json"),
-        (status = "5XX", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "answered", body = ServiceRecord, headers(("x-flotilla-index" = u64), ("etag" = String))),
+        (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the cluster cannot answer now (no quorum, timeout)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn get_service(
     State(st): State<ApiState>,
@@ -276,10 +276,10 @@ async fn get_service(
     ),
     request_body = ServiceWrite,
     responses(
-        (status = 200, body = ServiceRecord, description = "replaced"),
+        (status = 200, description = "answered", body = ServiceRecord, description = "replaced"),
         (status = 201, body = ServiceRecord, description = "created"),
-        (status = "4XX", body = Problem, content_type = "application/problem+json"),
-        (status = "5XX", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the cluster cannot answer now (no quorum, timeout)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn put_service(
     State(st): State<ApiState>,
@@ -322,9 +322,9 @@ async fn put_service(
         WriteQuery,
     ),
     responses(
-        (status = 200, body = Deleted),
-        (status = "4XX", body = Problem, content_type = "application/problem+json"),
-        (status = "5XX", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "answered", body = Deleted),
+        (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the cluster cannot answer now (no quorum, timeout)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn delete_service(
     State(st): State<ApiState>,
@@ -360,9 +360,9 @@ async fn delete_service(
 /// List nodes.
 #[utoipa::path(get, path = "/v1/nodes", tag = "objects", params(ReadQuery),
     responses(
-        (status = 200, body = NodeList, headers(("x-flotilla-index" = u64))),
-        (status = "4XX", body = Problem, content_type = "application/problem+json"),
-        (status = "5XX", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "answered", body = NodeList, headers(("x-flotilla-index" = u64))),
+        (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the cluster cannot answer now (no quorum, timeout)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn list_nodes(
     State(st): State<ApiState>,
@@ -381,9 +381,9 @@ async fn list_nodes(
 #[utoipa::path(get, path = "/v1/nodes/{id}", tag = "objects",
     params(("id" = String, Path, description = "DNS-1123 subdomain"), ReadQuery),
     responses(
-        (status = 200, body = NodeRecord, headers(("x-flotilla-index" = u64), ("etag" = String))),
-        (status = "4XX", body = Problem, content_type = "application/problem+json"),
-        (status = "5XX", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "answered", body = NodeRecord, headers(("x-flotilla-index" = u64), ("etag" = String))),
+        (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the cluster cannot answer now (no quorum, timeout)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn get_node(
     State(st): State<ApiState>,
@@ -404,9 +404,9 @@ async fn get_node(
     ),
     request_body = NodePatch,
     responses(
-        (status = 200, body = NodeRecord),
-        (status = "4XX", body = Problem, content_type = "application/problem+json"),
-        (status = "5XX", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "answered", body = NodeRecord),
+        (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the cluster cannot answer now (no quorum, timeout)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn patch_node(
     State(st): State<ApiState>,
@@ -446,9 +446,9 @@ async fn patch_node(
         WriteQuery,
     ),
     responses(
-        (status = 200, body = Deleted),
-        (status = "4XX", body = Problem, content_type = "application/problem+json"),
-        (status = "5XX", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "answered", body = Deleted),
+        (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the cluster cannot answer now (no quorum, timeout)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn delete_node(
     State(st): State<ApiState>,
@@ -484,9 +484,9 @@ async fn delete_node(
 /// List instances.
 #[utoipa::path(get, path = "/v1/instances", tag = "objects", params(ReadQuery),
     responses(
-        (status = 200, body = InstanceList, headers(("x-flotilla-index" = u64))),
-        (status = "4XX", body = Problem, content_type = "application/problem+json"),
-        (status = "5XX", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "answered", body = InstanceList, headers(("x-flotilla-index" = u64))),
+        (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the cluster cannot answer now (no quorum, timeout)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn list_instances(
     State(st): State<ApiState>,
@@ -505,9 +505,9 @@ async fn list_instances(
 #[utoipa::path(get, path = "/v1/instances/{id}", tag = "objects",
     params(("id" = String, Path, description = "DNS-1123 subdomain"), ReadQuery),
     responses(
-        (status = 200, body = InstanceRecord, headers(("x-flotilla-index" = u64), ("etag" = String))),
-        (status = "4XX", body = Problem, content_type = "application/problem+json"),
-        (status = "5XX", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "answered", body = InstanceRecord, headers(("x-flotilla-index" = u64), ("etag" = String))),
+        (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the cluster cannot answer now (no quorum, timeout)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn get_instance(
     State(st): State<ApiState>,
@@ -522,9 +522,9 @@ async fn get_instance(
 /// List migrations.
 #[utoipa::path(get, path = "/v1/migrations", tag = "objects", params(ReadQuery),
     responses(
-        (status = 200, body = MigrationList, headers(("x-flotilla-index" = u64))),
-        (status = "4XX", body = Problem, content_type = "application/problem+json"),
-        (status = "5XX", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "answered", body = MigrationList, headers(("x-flotilla-index" = u64))),
+        (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the cluster cannot answer now (no quorum, timeout)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn list_migrations(
     State(st): State<ApiState>,
@@ -543,9 +543,9 @@ async fn list_migrations(
 #[utoipa::path(get, path = "/v1/migrations/{id}", tag = "objects",
     params(("id" = String, Path, description = "DNS-1123 subdomain"), ReadQuery),
     responses(
-        (status = 200, body = MigrationRecord, headers(("x-flotilla-index" = u64), ("etag" = String))),
-        (status = "4XX", body = Problem, content_type = "application/problem+json"),
-        (status = "5XX", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "answered", body = MigrationRecord, headers(("x-flotilla-index" = u64), ("etag" = String))),
+        (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the cluster cannot answer now (no quorum, timeout)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn get_migration(
     State(st): State<ApiState>,
@@ -560,9 +560,9 @@ async fn get_migration(
 /// The cluster's recent events (a bounded ring, oldest first).
 #[utoipa::path(get, path = "/v1/events", tag = "objects", params(ReadQuery),
     responses(
-        (status = 200, body = EventList, headers(("x-flotilla-index" = u64))),
-        (status = "4XX", body = Problem, content_type = "application/problem+json"),
-        (status = "5XX", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "answered", body = EventList, headers(("x-flotilla-index" = u64))),
+        (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the cluster cannot answer now (no quorum, timeout)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn list_events(
     State(st): State<ApiState>,
@@ -621,9 +621,9 @@ fn ignored_field(
 #[utoipa::path(post, path = "/v1/commands", tag = "objects",
     request_body = VersionedCommand,
     responses(
-        (status = 200, body = WriteResponse),
-        (status = "4XX", body = Problem, content_type = "application/problem+json"),
-        (status = "5XX", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "answered", body = WriteResponse),
+        (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the cluster cannot answer now (no quorum, timeout)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn raw_command(
     State(st): State<ApiState>,

@@ -309,8 +309,8 @@ fn to_sse(e: &WatchEvent) -> SseEvent {
         ("Last-Event-ID" = Option<String>, Header, description = "resume after this revision (replaces from)")),
     responses(
         (status = 200, description = "text/event-stream of WatchEvent", content_type = "text/event-stream", body = WatchEvent),
-        (status = "4XX", body = Problem, content_type = "application/problem+json"),
-        (status = "5XX", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the cluster cannot answer now (no quorum, timeout)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn watch(
     State(st): State<ApiState>,
