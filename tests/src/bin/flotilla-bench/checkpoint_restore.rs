@@ -891,6 +891,7 @@ impl Bench {
         ) {
             Ok(check) if check == ready => Verified::Checksum,
             Ok(check) => return Err(format!("memory changed: ready {ready}, check {check}")),
+            Err(e) if interrupted() => return Err(e),
             Err(e) => {
                 let rss = vm_rss_kib(pid);
                 if rss < mib * 1024 {
