@@ -5,6 +5,7 @@
 //! * `raft`: the openraft type configuration; openraft types stay behind this crate's modules.
 
 pub mod api;
+pub mod auth;
 pub mod linearizability;
 pub mod network;
 pub mod node;
@@ -12,3 +13,4 @@ pub mod raft;
 pub mod state;
 pub mod store;
 pub mod testing;
+pub mod tls;

@@ -50,9 +50,24 @@ async fn api_openapi_served_document_matches_docs_openapi_json() -> Result<()> {
     cluster.start_voters(1).await?;
     let node = cluster.node(1);
     node.wait_for_leader(Duration::from_secs(10)).await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    let token = flotilla_controller::auth::create_token(
+        &node,
+        flotilla_api::cluster::TokenRole::ReadOnly,
+        None,
+        "test".into(),
+        now,
+    )
+    .await?;
     let router = flotilla_controller::api::router(node);
     let resp = router
-        .oneshot(Request::get("/v1/openapi.json").body(Body::empty())?)
+        .oneshot(
+            Request::get("/v1/openapi.json")
+                .header("authorization", format!("Bearer {}", token.token))
+                .body(Body::empty())?,
+        )
         .await?;
     if resp.status() != StatusCode::OK {
         bail!("GET /v1/openapi.json: {}", resp.status());
@@ -82,7 +97,17 @@ async fn api_openapi_served_document_matches_docs_openapi_json() -> Result<()> {
     let paths = served["paths"].as_object().context("paths")?;
     for (p, ops) in paths {
         for (method, op) in ops.as_object().context("operations")? {
-            if p == "/v1/health" || p == "/v1/ready" {
+            if p == "/v1/health"
+                || p == "/v1/ready"
+                || (p == "/v1/cluster/join" && method == "post")
+            {
+                if op["security"] != serde_json::json!([{}]) {
+                    bail!(
+                        "{method} {p} is public but its security is {}",
+                        op["security"]
+                    );
+                }
+
                 continue;
             }
             for (status, r) in op["responses"].as_object().context("responses")? {

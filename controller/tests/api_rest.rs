@@ -8,6 +8,7 @@ use anyhow::{ensure, Context, Result};
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use axum::Router;
+use flotilla_api::cluster::TokenRole;
 use flotilla_controller::testing::TestCluster;
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -17,6 +18,14 @@ struct Api {
     _dir: TempDir,
     cluster: TestCluster,
     router: Router,
+    /// `Authorization` value of an admin token.
+    bearer: String,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 async fn api() -> Result<Api> {
@@ -25,11 +34,20 @@ async fn api() -> Result<Api> {
     cluster.start_voters(1).await?;
     let node = cluster.node(1);
     node.wait_for_leader(Duration::from_secs(10)).await?;
+    let admin = flotilla_controller::auth::create_token(
+        &node,
+        TokenRole::Admin,
+        None,
+        "test".into(),
+        now_ms(),
+    )
+    .await?;
     let router = flotilla_controller::api::router(node);
     Ok(Api {
         _dir: dir,
         cluster,
         router,
+        bearer: format!("Bearer {}", admin.token),
     })
 }
 
@@ -58,8 +76,17 @@ impl Api {
         body: Option<Body>,
     ) -> Result<Reply> {
         let mut req = Request::builder().method(method).uri(uri);
+        // An explicit authorization header replaces the admin token; "-" sends none.
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        {
+            req = req.header("authorization", &self.bearer);
+        }
         for (k, v) in headers {
-            req = req.header(*k, *v);
+            if !(k.eq_ignore_ascii_case("authorization") && *v == "-") {
+                req = req.header(*k, *v);
+            }
         }
         let resp = self
             .router
@@ -704,6 +731,94 @@ async fn api_bad_input_is_refused_with_a_problem_naming_the_field_and_changes_no
         400,
         Some("If-Match"),
     );
+    let node = api.cluster.node(1);
+    let reader = flotilla_controller::auth::create_token(
+        &node,
+        TokenRole::ReadOnly,
+        None,
+        "reader".into(),
+        now_ms(),
+    )
+    .await?;
+    let joiner = flotilla_controller::auth::create_token(
+        &node,
+        TokenRole::ControllerJoin,
+        None,
+        "join".into(),
+        now_ms(),
+    )
+    .await?;
+    let expired = flotilla_controller::auth::create_token(
+        &node,
+        TokenRole::Admin,
+        Some(Duration::from_millis(1)),
+        "short".into(),
+        now_ms(),
+    )
+    .await?;
+    let (admin_id, _) = api
+        .bearer
+        .trim_start_matches("Bearer ")
+        .split_once('.')
+        .context("token")?;
+    let forged = format!("Bearer {admin_id}.{}", "0".repeat(32));
+    let mut with_auth = |name, auth: String, method: Method, status: u16| {
+        cases.push(Case {
+            name,
+            method,
+            uri: "/v1/workloads/web".into(),
+            headers: vec![ct.clone(), ("authorization", auth)],
+            body: ok_body.map(|b| b.as_bytes().to_vec()),
+            status: StatusCode::from_u16(status).unwrap(),
+            field: None,
+        });
+    };
+    with_auth("no token", "-".into(), Method::PUT, 401);
+    with_auth("no token for a read", "-".into(), Method::GET, 401);
+    with_auth("forged token", forged, Method::PUT, 401);
+    with_auth(
+        "unknown token",
+        format!("Bearer zzzzzz.{}", "a".repeat(32)),
+        Method::PUT,
+        401,
+    );
+    with_auth("malformed token", "Bearer hello".into(), Method::PUT, 401);
+    with_auth(
+        "basic scheme",
+        "Basic YWRtaW46YWRtaW4=".into(),
+        Method::PUT,
+        401,
+    );
+    with_auth(
+        "expired token",
+        format!("Bearer {}", expired.token),
+        Method::GET,
+        401,
+    );
+    with_auth(
+        "read-only token writes",
+        format!("Bearer {}", reader.token),
+        Method::PUT,
+        403,
+    );
+    with_auth(
+        "join token as a bearer",
+        format!("Bearer {}", joiner.token),
+        Method::GET,
+        403,
+    );
+    cases.push(Case {
+        name: "token in the query string",
+        method: Method::GET,
+        uri: format!(
+            "/v1/workloads?token={}",
+            api.bearer.trim_start_matches("Bearer ")
+        ),
+        headers: vec![("authorization", "-".to_owned())],
+        body: None,
+        status: StatusCode::UNAUTHORIZED,
+        field: Some("Authorization"),
+    });
     cases.push(Case {
         name: "wrong method",
         method: Method::POST,
@@ -714,10 +829,10 @@ async fn api_bad_input_is_refused_with_a_problem_naming_the_field_and_changes_no
         field: None,
     });
 
-    let applied = api.applied();
     let mut failures = Vec::new();
     for c in &cases {
         let headers: Vec<(&str, &str)> = c.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let applied = api.applied();
         let body = c.body.clone().map(Body::from);
         let r = api.call(c.method.clone(), &c.uri, &headers, body).await?;
         let ct = r
@@ -784,7 +899,7 @@ async fn api_bad_input_is_refused_with_a_problem_naming_the_field_and_changes_no
         failures.join("\n")
     );
     println!(
-        "{} bad requests refused, applied index {applied} unchanged",
+        "{} bad requests refused, none changed the applied index",
         cases.len()
     );
     Ok(())
@@ -1020,6 +1135,7 @@ async fn api_sse_watch_delivers_puts_deletes_and_events() -> Result<()> {
         .clone()
         .oneshot(
             Request::get(format!("/v1/watch?from={}&kind=workload", old_rev - 1))
+                .header("authorization", &api.bearer)
                 .body(Body::empty())?,
         )
         .await?;

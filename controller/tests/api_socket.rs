@@ -58,7 +58,23 @@ async fn api_socket_any_controller_serves_reads_and_writes_and_limits_bodies() -
     let a = serve(cluster.node(followers[0]), stop.clone()).await?;
     let b = serve(cluster.node(followers[1]), stop.clone()).await?;
     flotilla_controller::network::install_crypto_provider();
-    let client = reqwest::Client::builder().no_proxy().build()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    let admin = flotilla_controller::auth::create_token(
+        &cluster.node(leader),
+        flotilla_api::cluster::TokenRole::Admin,
+        None,
+        "test".into(),
+        now,
+    )
+    .await?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {}", admin.token).parse()?);
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .default_headers(headers)
+        .build()?;
 
     // A write through one follower, a linearizable read on the other.
     let r = client
@@ -109,7 +125,8 @@ async fn api_socket_any_controller_serves_reads_and_writes_and_limits_bodies() -
 
     // Declared too large: 413 before the body is read.
     let head = format!(
-        "PUT /v1/workloads/web HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "PUT /v1/workloads/web HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        admin.token,
         4 << 20
     );
     let (code, text) = raw(&a, head.as_bytes()).await?;
@@ -118,7 +135,7 @@ async fn api_socket_any_controller_serves_reads_and_writes_and_limits_bodies() -
         "declared: {text}"
     );
     // Chunked and too large: 413 (or the connection is closed) once the limit is crossed.
-    let mut req = b"PUT /v1/workloads/web HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_vec();
+    let mut req = format!("PUT /v1/workloads/web HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n", admin.token).into_bytes();
     let chunk = vec![b' '; 64 << 10];
     for _ in 0..40 {
         req.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());

@@ -46,7 +46,14 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn spawn(m: &Member, dir: &Path, join: Option<&str>) -> Result<Child> {
+/// How a controller joins: through this API address, with this token and CA hash.
+struct Join<'a> {
+    via: &'a str,
+    token: &'a str,
+    ca_hash: &'a str,
+}
+
+fn spawn(m: &Member, dir: &Path, join: Option<Join<'_>>) -> Result<Child> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flotilla-controller"));
     cmd.args(["--id", &m.id.to_string()])
         .arg("--data-dir")
@@ -59,14 +66,21 @@ fn spawn(m: &Member, dir: &Path, join: Option<&str>) -> Result<Child> {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     if let Some(j) = join {
-        cmd.args(["--join", j]);
+        cmd.args([
+            "--join",
+            j.via,
+            "--token",
+            j.token,
+            "--ca-cert-hash",
+            j.ca_hash,
+        ]);
     }
     cmd.spawn().context("cannot spawn flotilla-controller")
 }
 
 async fn status(client: &reqwest::Client, api: &str) -> Option<ClusterStatus> {
     let r = client
-        .get(format!("http://{api}/v1/cluster/status"))
+        .get(format!("https://{api}/v1/cluster/status"))
         .timeout(Duration::from_millis(300))
         .send()
         .await
@@ -103,7 +117,7 @@ fn put(key: &str) -> VersionedCommand {
 
 async fn write(client: &reqwest::Client, api: &str, key: &str) -> Result<WriteResponse> {
     let r = client
-        .post(format!("http://{api}/v1/commands"))
+        .post(format!("https://{api}/v1/commands"))
         .json(&put(key))
         .timeout(Duration::from_secs(3))
         .send()
@@ -125,15 +139,33 @@ async fn live_controller_kill_9_leader_loses_no_acknowledged_write() -> Result<(
         })
         .collect::<Result<_>>()?;
     flotilla_controller::network::install_crypto_provider();
-    let client = reqwest::Client::builder().no_proxy().build()?;
     let mut procs = Procs {
         children: BTreeMap::new(),
     };
 
-    // --- phase: one bootstraps, two join through it
+    // --- phase: one bootstraps (CA, admin token), two join through it with join tokens
     procs
         .children
         .insert(1, spawn(&members[0], dir.path(), None)?);
+    let c1 = dir.path().join("c1");
+    wait_for("the admin token file", Duration::from_secs(20), || async {
+        c1.join("admin.token").exists()
+    })
+    .await?;
+    let ca_pem = std::fs::read_to_string(c1.join("tls/ca.crt"))?;
+    let admin = std::fs::read_to_string(c1.join("admin.token"))?
+        .trim()
+        .to_owned();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {admin}").parse()?);
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .tls_backend_preconfigured(flotilla_controller::tls::ca_client_config(&ca_pem)?)
+        .default_headers(headers)
+        .build()?;
+    let ca_hash = flotilla_controller::tls::Identity::load(&c1)?
+        .context("controller 1 identity")?
+        .ca_hash()?;
     wait_for("controller 1 to lead", Duration::from_secs(20), || async {
         status(&client, &members[0].api)
             .await
@@ -141,9 +173,23 @@ async fn live_controller_kill_9_leader_loses_no_acknowledged_write() -> Result<(
     })
     .await?;
     for m in &members[1..] {
+        let created: serde_json::Value = client
+            .post(format!("https://{}/v1/tokens", members[0].api))
+            .json(&serde_json::json!({"role": "controller_join", "description": format!("controller {}", m.id)}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let token = created["token"].as_str().context("join token")?;
+        let join = Join {
+            via: &members[0].api,
+            token,
+            ca_hash: &ca_hash,
+        };
         procs
             .children
-            .insert(m.id, spawn(m, dir.path(), Some(&members[0].api))?);
+            .insert(m.id, spawn(m, dir.path(), Some(join))?);
     }
     wait_for("three voters", Duration::from_secs(30), || async {
         status(&client, &members[0].api)
@@ -270,7 +316,7 @@ async fn live_controller_kill_9_leader_loses_no_acknowledged_write() -> Result<(
         let deadline = Instant::now() + Duration::from_secs(20);
         let all: BTreeMap<String, WorkloadRecord> = loop {
             let r = client
-                .get(format!("http://{}/v1/workloads", m.api))
+                .get(format!("https://{}/v1/workloads", m.api))
                 .timeout(Duration::from_secs(5))
                 .send()
                 .await;

@@ -19,6 +19,7 @@ mod cluster;
 mod extract;
 mod objects;
 pub mod problem;
+pub mod tokens;
 pub mod validate;
 mod watch;
 
@@ -41,6 +42,7 @@ use self::extract::Precondition;
 use self::problem::{ApiError, LoggedError};
 use crate::node::ControllerNode;
 use crate::state::ClusterState;
+use crate::tls::ClusterCa;
 
 /// Largest request body the API accepts (413 beyond).
 pub const MAX_BODY: usize = 1 << 20;
@@ -52,6 +54,27 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct ApiState {
     pub node: Arc<ControllerNode>,
+    /// The cluster CA with its key: this controller can admit joining controllers.
+    pub ca: Option<Arc<ClusterCa>>,
+}
+
+/// The bearer-token security scheme of the document.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("<id>.<secret>")
+                    .build(),
+            ),
+        );
+    }
 }
 
 #[derive(OpenApi)]
@@ -61,10 +84,13 @@ pub struct ApiState {
         description = "The cluster state of Flotilla, replicated by Raft. Errors are RFC 9457 problem documents.",
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
     tags(
         (name = "objects", description = "Nodes, workloads, instances, services, migrations and events"),
         (name = "watch", description = "Blocking queries and server-sent events"),
         (name = "cluster", description = "The controllers' Raft group"),
+        (name = "trust", description = "Tokens and controller joins"),
     )
 )]
 struct ApiDoc;
@@ -75,6 +101,7 @@ pub fn router_and_spec(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(objects::routes())
         .merge(cluster::routes())
         .merge(watch::routes())
+        .merge(tokens::routes())
         .split_for_parts();
     let doc = spec.clone();
     let router = router
@@ -85,19 +112,20 @@ pub fn router_and_spec(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
                 async move { Json(doc) }
             }),
         )
-        .with_state(state)
+        .with_state(state.clone())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(state, tokens::require_token))
         .layer(RequestBodyLimitLayer::new(MAX_BODY))
         .layer(middleware::map_response(problemize))
         .layer(middleware::from_fn(log_errors));
     (router, spec)
 }
 
-/// The API router for `node`.
+/// The API router for `node` (bearer tokens required; no CA, so no joins).
 pub fn router(node: Arc<ControllerNode>) -> Router {
-    router_and_spec(ApiState { node }).0
+    router_and_spec(ApiState { node, ca: None }).0
 }
 
 /// The OpenAPI document (the same one the router serves).
@@ -106,6 +134,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         .merge(objects::routes())
         .merge(cluster::routes())
         .merge(watch::routes())
+        .merge(tokens::routes())
         .into_openapi()
 }
 
