@@ -32,6 +32,9 @@ use tokio::sync::watch;
 
 /// The admin token file in the data directory.
 const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// The join answer (without the CA key), kept until this controller is a member, so that a
+/// restart between receiving the certificate and being added resumes the join.
+const PENDING_JOIN_FILE: &str = "tls/join.json";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -291,9 +294,16 @@ async fn main() -> Result<()> {
     sans.extend(args.san.iter().cloned());
 
     // Trust material: from disk, from a join, or a new CA.
+    let pending_path = args.data_dir.join(PENDING_JOIN_FILE);
     let mut joined: Option<JoinResponse> = None;
     let (identity, ca) = match Identity::load(&args.data_dir)? {
-        Some(identity) => (identity, ClusterCa::load(&args.data_dir)?),
+        Some(identity) => {
+            if args.join.is_some() && pending_path.exists() {
+                let text = std::fs::read_to_string(&pending_path)?;
+                joined = Some(serde_json::from_str(&text).context("malformed pending join file")?);
+            }
+            (identity, ClusterCa::load(&args.data_dir)?)
+        }
         None => match &args.join {
             None => {
                 let ca = ClusterCa::create("flotilla").context("cannot create the cluster ca")?;
@@ -313,8 +323,13 @@ async fn main() -> Result<()> {
                     request_certificate(via, token, hash, args.id, &addr, &sans).await?;
                 ca.save(&args.data_dir)?;
                 identity.save(&args.data_dir)?;
+                let pending = JoinResponse {
+                    ca_key: String::new(),
+                    ..resp
+                };
+                tls::write_private(&pending_path, &serde_json::to_vec(&pending)?)?;
                 tracing::info!(via, "received this controller's certificate");
-                joined = Some(resp);
+                joined = Some(pending);
                 (identity, Some(ca))
             }
         },
@@ -370,6 +385,7 @@ async fn main() -> Result<()> {
             let index = request_membership(&net, request, resp.leader, &resp.members).await?;
             tracing::info!(node_id = args.id, index, "joined the cluster as a voter");
         }
+        let _ = std::fs::remove_file(&pending_path);
     }
 
     shutdown_signal().await;

@@ -1117,7 +1117,7 @@ async fn api_blocking_query_returns_on_a_change_and_only_then() -> Result<()> {
         "behind index blocked"
     );
     println!(
-        "blocking query woke {} ms after the write was acknowledged",
+        "blocking query answered {} ms after the write was sent",
         woke.as_millis()
     );
     Ok(())
@@ -1201,7 +1201,7 @@ async fn api_sse_watch_delivers_puts_deletes_and_events() -> Result<()> {
     next_until(&mut text, "\"key\":\"last\"").await?;
     ensure!(!text.contains("\"kind\":\"service\""), "{text}");
     println!(
-        "sse put delivered {} ms after the write returned",
+        "sse put delivered {} ms after the write was sent",
         latency.as_millis()
     );
     Ok(())

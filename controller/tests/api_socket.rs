@@ -147,6 +147,25 @@ async fn api_socket_any_controller_serves_reads_and_writes_and_limits_bodies() -
         Ok((code, text)) => ensure!(code == 413, "chunked: {text}"),
         Err(e) => println!("chunked oversize: connection closed ({e})"),
     }
+    // Oversized and too many headers: 431 (or the connection is closed).
+    let huge = format!(
+        "GET /v1/workloads HTTP/1.1\r\nhost: x\r\nx-big: {}\r\nconnection: close\r\n\r\n",
+        "a".repeat(512 << 10)
+    );
+    match raw(&a, huge.as_bytes()).await {
+        Ok((code, text)) => ensure!(code == 431, "huge header: {}", &text[..text.len().min(200)]),
+        Err(e) => println!("huge header: connection closed ({e})"),
+    }
+    let many: String = (0..200).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let many = format!("GET /v1/workloads HTTP/1.1\r\nhost: x\r\n{many}connection: close\r\n\r\n");
+    match raw(&a, many.as_bytes()).await {
+        Ok((code, text)) => ensure!(
+            code == 431,
+            "many headers: {}",
+            &text[..text.len().min(200)]
+        ),
+        Err(e) => println!("many headers: connection closed ({e})"),
+    }
     ensure!(
         cluster.node(leader).applied_index() == applied,
         "bad input changed the state"

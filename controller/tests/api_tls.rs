@@ -339,3 +339,48 @@ async fn api_tls_missing_or_forged_api_token_is_a_401_problem() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_tls_sequential_request_latency_over_one_connection() -> Result<()> {
+    let t = tls_controller().await?;
+    let c = client(tls::ca_client_config(t.ca.cert_pem())?)?;
+    let mut put = Vec::new();
+    let mut get = Vec::new();
+    for i in 0..100 {
+        let s = std::time::Instant::now();
+        let r = c
+            .put(format!("https://{}/v1/workloads/w{i}", t.api))
+            .bearer_auth(&t.admin)
+            .json(&serde_json::json!({"image": "busybox", "replicas": 1}))
+            .send()
+            .await?;
+        ensure!(r.status() == 201, "put: {}", r.status());
+        put.push(s.elapsed());
+        let s = std::time::Instant::now();
+        let r = c
+            .get(format!("https://{}/v1/workloads/w{i}", t.api))
+            .bearer_auth(&t.admin)
+            .send()
+            .await?;
+        ensure!(r.status() == 200, "get: {}", r.status());
+        get.push(s.elapsed());
+    }
+    let pct = |v: &mut Vec<Duration>, p: usize| {
+        v.sort();
+        v[(v.len() * p / 100).min(v.len() - 1)]
+    };
+    let (p50, p99) = (pct(&mut put, 50), pct(&mut put, 99));
+    let (g50, g99) = (pct(&mut get, 50), pct(&mut get, 99));
+    println!(
+        "one controller, TLS, keep-alive, debug build: PUT (fsync'd Raft write) p50 {:.2} ms p99 {:.2} ms; linearizable GET p50 {:.2} ms p99 {:.2} ms",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        g50.as_secs_f64() * 1e3,
+        g99.as_secs_f64() * 1e3
+    );
+    ensure!(
+        p99 < Duration::from_secs(2) && g99 < Duration::from_secs(2),
+        "latency out of bounds"
+    );
+    Ok(())
+}

@@ -119,7 +119,8 @@ pub fn router_and_spec(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
         .layer(middleware::from_fn_with_state(state, tokens::require_token))
         .layer(RequestBodyLimitLayer::new(MAX_BODY))
         .layer(middleware::map_response(problemize))
-        .layer(middleware::from_fn(log_errors));
+        .layer(middleware::from_fn(log_errors))
+        .layer(tower_http::trace::TraceLayer::new_for_http());
     (router, spec)
 }
 
