@@ -25,10 +25,13 @@ use rcgen::{
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
 pub const TLS_DIR: &str = "tls";
+/// Common name prefix of controller certificates; the Raft listener admits only these.
+pub const CONTROLLER_CN_PREFIX: &str = "controller-";
 const CA_CERT: &str = "ca.crt";
 const CA_KEY: &str = "ca.key";
 const CERT: &str = "controller.crt";
@@ -231,11 +234,11 @@ impl ClusterCa {
         cert_hash(&self.cert_der)
     }
 
-    fn leaf_params(id: u64, sans: &[String]) -> Result<CertificateParams, TlsError> {
+    fn leaf_params(common_name: String, sans: &[String]) -> Result<CertificateParams, TlsError> {
         let mut params = CertificateParams::default();
         params.subject_alt_names = san_types(sans)?;
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, format!("controller-{id}"));
+        dn.push(DnType::CommonName, common_name);
         dn.push(DnType::OrganizationName, "flotilla");
         params.distinguished_name = dn;
         params.is_ca = IsCa::ExplicitNoCa;
@@ -251,8 +254,15 @@ impl ClusterCa {
 
     /// Issue a key pair and certificate for controller `id` (the bootstrap controller's own).
     pub fn issue(&self, id: u64, sans: &[String]) -> Result<Identity, TlsError> {
+        self.issue_named(format!("{CONTROLLER_CN_PREFIX}{id}"), sans)
+    }
+
+    /// Issue a key pair and certificate with common name `common_name` (a controller's is
+    /// `controller-<id>`; other names, such as future node certificates, are refused by the
+    /// Raft listener).
+    pub fn issue_named(&self, common_name: String, sans: &[String]) -> Result<Identity, TlsError> {
         let key = KeyPair::generate()?;
-        let cert = Self::leaf_params(id, sans)?.signed_by(&key, &self.issuer)?;
+        let cert = Self::leaf_params(common_name, sans)?.signed_by(&key, &self.issuer)?;
         Ok(Identity {
             ca_pem: self.cert_pem.clone(),
             cert_pem: cert.pem(),
@@ -275,7 +285,7 @@ impl ClusterCa {
                 names.push(n);
             }
         }
-        csr.params = Self::leaf_params(id, &names)?;
+        csr.params = Self::leaf_params(format!("{CONTROLLER_CN_PREFIX}{id}"), &names)?;
         Ok(csr.signed_by(&self.issuer)?.pem())
     }
 
@@ -397,10 +407,12 @@ impl Identity {
         Ok(Arc::new(c))
     }
 
-    /// The Raft listener: mTLS, client certificates must chain to the cluster CA.
+    /// The Raft listener: mTLS, client certificates must chain to the cluster CA and name a
+    /// controller.
     pub fn raft_server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
-        let verifier =
+        let inner =
             WebPkiClientVerifier::builder_with_provider(self.roots()?, provider()).build()?;
+        let verifier = Arc::new(ControllersOnly { inner });
         let mut c = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier)
@@ -418,6 +430,78 @@ impl Identity {
             .with_client_auth_cert(self.chain()?, self.key()?)?;
         c.alpn_protocols = vec![b"h2".to_vec()];
         Ok(c)
+    }
+}
+
+/// A client certificate verifier that, beyond the CA chain, requires a controller's common
+/// name (`controller-<id>`): the Raft listener is for controllers only.
+#[derive(Debug)]
+struct ControllersOnly {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+fn is_controller_cert(der: &CertificateDer<'_>) -> bool {
+    x509_parser::parse_x509_certificate(der).is_ok_and(|(_, cert)| {
+        cert.subject().iter_common_name().any(|cn| {
+            cn.as_str()
+                .is_ok_and(|s| s.starts_with(CONTROLLER_CN_PREFIX))
+        })
+    })
+}
+
+impl ClientCertVerifier for ControllersOnly {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if !is_controller_cert(end_entity) {
+            tracing::warn!(
+                "raft listener refused a certificate of the cluster ca that names no controller"
+            );
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 

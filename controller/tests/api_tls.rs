@@ -157,6 +157,20 @@ async fn api_tls_raft_listener_refuses_client_certificates_of_another_ca() -> Re
         flotilla_controller::node::error_chain(&err)
     );
 
+    // A certificate of the cluster CA that names no controller (a future node): refused.
+    let node_cert = t.ca.issue_named("node-n1".into(), &["127.0.0.1".into()])?;
+    let err = client(node_cert.raft_client_config()?)?
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .err()
+        .context("a non-controller certificate was accepted on the raft listener")?;
+    println!(
+        "non-controller certificate: {}",
+        flotilla_controller::node::error_chain(&err)
+    );
+
     // No client certificate at all: refused.
     let anonymous = client(tls::ca_client_config(t.ca.cert_pem())?)?;
     ensure!(
