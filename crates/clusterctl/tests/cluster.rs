@@ -255,14 +255,16 @@ fn clusterctl_bootstraps_adds_two_controllers_with_join_tokens_and_removes_one()
         Ok(voters(&ctl.json(&["cluster", "members"])?) == 3)
     })?;
     let join_ms = t_join.elapsed().as_millis();
+    // A new voter can miss a heartbeat or two on a loaded machine: wait for
+    // health instead of sampling it once.
+    wait_for("all members healthy", Duration::from_secs(30), || {
+        let m = ctl.json(&["cluster", "members"])?;
+        Ok(m["members"]
+            .as_array()
+            .is_some_and(|v| v.iter().all(|x| x["healthy"] == true)))
+    })?;
     let members = ctl.json(&["cluster", "members"])?;
     ensure!(voters(&members) == 3, "{members}");
-    ensure!(
-        members["members"]
-            .as_array()
-            .is_some_and(|m| m.iter().all(|x| x["healthy"] == true)),
-        "not all healthy: {members}"
-    );
     let table = ctl.ok(&["cluster", "members"])?;
     ensure!(
         table.lines().count() == 4 && table.contains("HEALTHY"),
