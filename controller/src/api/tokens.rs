@@ -14,7 +14,9 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::Json;
-use flotilla_api::cluster::{Command, CommandResult, PutToken, RevokeToken, TokenInfo, TokenRole};
+use flotilla_api::cluster::{
+    Command, CommandResult, PutToken, RevokeToken, TokenInfo, TokenRecord, TokenRole,
+};
 use flotilla_api::rest::{
     Deleted, JoinRequest, JoinResponse, Problem, TokenCreate, TokenCreated, TokenList, TokenView,
 };
@@ -58,6 +60,27 @@ fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
     Ok(token.trim())
 }
 
+/// Check a token on this replica. Only when its id is not known here does it look again at a
+/// linearizable state (a token created a moment ago through another controller may not be
+/// applied here yet), so a wrong secret for a known id costs no quorum round.
+async fn authenticate_fresh(
+    st: &ApiState,
+    token: &str,
+    now: u64,
+) -> Result<Result<TokenRecord, AuthError>, ApiError> {
+    let (checked, known) = st.node.read_stale(|s| {
+        let known = auth::parse_token(token).is_ok_and(|(id, _)| s.tokens.contains_key(id));
+        (auth::authenticate(s, token, now), known)
+    });
+    if checked == Err(AuthError::Forged) && !known {
+        return Ok(st
+            .node
+            .read_linearizable(|s| auth::authenticate(s, token, now))
+            .await?);
+    }
+    Ok(checked)
+}
+
 /// Require a valid bearer token whose role allows the request (see `auth`).
 pub(super) async fn require_token(
     State(st): State<ApiState>,
@@ -71,15 +94,7 @@ pub(super) async fn require_token(
         |e: AuthError| ApiError::unauthorized(e.to_string()).with_field("Authorization");
     let token = bearer(req.headers()).map_err(unauthorized)?;
     let now = now_ms();
-    let mut checked = st.node.read_stale(|s| auth::authenticate(s, token, now));
-    if checked == Err(AuthError::Forged) {
-        // A token created a moment ago through another controller may not be applied here
-        // yet: look again at a linearizable state before refusing.
-        checked = st
-            .node
-            .read_linearizable(|s| auth::authenticate(s, token, now))
-            .await?;
-    }
+    let checked = authenticate_fresh(&st, token, now).await?;
     let record = checked.map_err(|e| {
         tracing::info!(path = req.uri().path(), error = %e, "request refused: bad token");
         unauthorized(e)
@@ -250,10 +265,7 @@ async fn join(
         ApiError::unauthorized(format!("join refused: {e}")).with_field("token")
     };
     let now = now_ms();
-    let token = req.token.clone();
-    let record = st
-        .node
-        .read_linearizable(move |s| auth::authenticate(s, &token, now))
+    let record = authenticate_fresh(&st, &req.token, now)
         .await?
         .map_err(refused)?;
     if record.token.role != TokenRole::ControllerJoin {
