@@ -31,6 +31,8 @@ APT_PACKAGES=(
     runc crun hyperfine skopeo umoci docker-registry
     curl ca-certificates jq procps util-linux psmisc
     python3 gcc libc6-dev make pkg-config git xz-utils zstd
+    # the controller's write benchmark compares against a 3-member etcd (controller/bench/run.sh)
+    etcd-server etcd-client
 )
 
 # CRIU's runtime closure from platform.md §4.2, used only if the computed closure is unavailable.

@@ -88,6 +88,8 @@ impl ControllerConfig {
             election_timeout_max: t.election_max_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_every),
             max_in_snapshot_log_to_keep: t.keep_after_snapshot,
+            // Must exceed the snapshot interval, or a snapshot may not fix a lagging follower.
+            replication_lag_threshold: t.snapshot_every.saturating_mul(2),
             // A request to a dead peer must not hold replication for long.
             install_snapshot_timeout: 2_000,
             ..Default::default()

@@ -1,35 +1,243 @@
-//! The Raft log and vote (`RaftLogStorage`).
+//! The Raft log and vote (`RaftLogStorage`), written by one writer thread with group commit.
+//!
+//! Every log and vote write goes, in call order, through one channel to one writer thread. The
+//! thread drains whatever is queued, applies it in that order inside one redb transaction,
+//! commits it with `Durability::Immediate` (one fsync for the whole group) and only then
+//! reports completion: `log_io_completed` for appends, the awaited answer for the vote,
+//! truncation and purge. So vote and log I/O are never reordered, and nothing is acknowledged
+//! before it is on disk.
+//!
+//! `append` returns as soon as its entries are queued, as openraft asks, so Raft keeps
+//! accepting and replicating entries while the previous group is being fsynced. Queued entries
+//! are readable at once from an in-memory `pending` map that readers overlay on the table;
+//! an entry leaves `pending` only after the commit that wrote it.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use tokio::sync::oneshot;
 
-use super::{blocking, StoreError, LOG, META};
+use super::{StoreError, LOG, META};
 use crate::raft::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
 
+/// Most operations written in one transaction.
+const MAX_GROUP: usize = 1024;
+
+type Done = oneshot::Sender<Result<(), String>>;
+
+enum Op {
+    Append {
+        rows: Vec<(LogId, Vec<u8>)>,
+        done: AppendDone,
+    },
+    Truncate {
+        from: u64,
+        done: Done,
+    },
+    Purge {
+        upto: LogId,
+        bytes: Vec<u8>,
+        done: Done,
+    },
+    Meta {
+        key: &'static str,
+        bytes: Vec<u8>,
+        done: Option<Done>,
+    },
+}
+
+/// Who waits for an append: openraft's callback, or a test.
+enum AppendDone {
+    Raft(LogFlushed<TypeConfig>),
+    Wait(Done),
+}
+
+type Pending = Arc<Mutex<BTreeMap<u64, Entry>>>;
+
+struct Shared {
+    db: Arc<Database>,
+    /// Entries queued for writing, readable until their commit is done.
+    pending: Pending,
+    tx: Mutex<Option<mpsc::Sender<Op>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Shared {
+    /// Close the queue and wait for the writer: when the store is dropped, the database is
+    /// closed and every queued write is done.
+    fn drop(&mut self) {
+        self.tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(t) = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The log half of the store. Cheap to clone: clones are the log readers replication uses.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
+    shared: Arc<Shared>,
+}
+
+fn writer(db: Arc<Database>, pending: Pending, rx: mpsc::Receiver<Op>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(op) => group.push(op),
+                Err(_) => break,
+            }
+        }
+        let started = std::time::Instant::now();
+        let result = write_group(&db, &group).map_err(|e| e.to_string());
+        tracing::debug!(
+            ops = group.len(),
+            micros = started.elapsed().as_micros() as u64,
+            "raft log group written"
+        );
+        if let Err(e) = &result {
+            tracing::error!(error = %e, ops = group.len(), "cannot write to the raft log");
+        }
+        // Written: the entries are readable from the table now.
+        if result.is_ok() {
+            let mut pending = pending.lock().unwrap_or_else(PoisonError::into_inner);
+            for op in &group {
+                if let Op::Append { rows, .. } = op {
+                    for (log_id, _) in rows {
+                        if pending
+                            .get(&log_id.index)
+                            .is_some_and(|e| e.log_id == *log_id)
+                        {
+                            pending.remove(&log_id.index);
+                        }
+                    }
+                }
+            }
+        }
+        for op in group {
+            let r = result.clone();
+            match op {
+                Op::Append {
+                    done: AppendDone::Raft(cb),
+                    ..
+                } => {
+                    cb.log_io_completed(r.map_err(std::io::Error::other));
+                }
+                Op::Append {
+                    done: AppendDone::Wait(done),
+                    ..
+                }
+                | Op::Truncate { done, .. }
+                | Op::Purge { done, .. }
+                | Op::Meta {
+                    done: Some(done), ..
+                } => {
+                    let _ = done.send(r);
+                }
+                Op::Meta { done: None, .. } => {}
+            }
+        }
+    }
+}
+
+fn write_group(db: &Database, group: &[Op]) -> Result<(), StoreError> {
+    let mut txn = db.begin_write()?;
+    // Only unacknowledged metadata (the committed index) in this group: no fsync needed.
+    let needs_sync = group
+        .iter()
+        .any(|op| !matches!(op, Op::Meta { done: None, .. }));
+    if !needs_sync {
+        txn.set_durability(Durability::None)?;
+    }
+    {
+        let mut log = txn.open_table(LOG)?;
+        let mut meta = txn.open_table(META)?;
+        for op in group {
+            match op {
+                Op::Append { rows, .. } => {
+                    for (log_id, bytes) in rows {
+                        log.insert(log_id.index, bytes.as_slice())?;
+                    }
+                }
+                Op::Truncate { from, .. } => {
+                    log.retain_in::<u64, _>(*from.., |_, _| false)?;
+                }
+                Op::Purge { upto, bytes, .. } => {
+                    // The purge point and the removal commit together: never a hole.
+                    meta.insert(LAST_PURGED, bytes.as_slice())?;
+                    log.retain_in::<u64, _>(..=upto.index, |_, _| false)?;
+                }
+                Op::Meta { key, bytes, .. } => {
+                    meta.insert(*key, bytes.as_slice())?;
+                }
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 impl LogStore {
     pub(super) fn new(db: Arc<Database>) -> Self {
-        Self { db }
+        let (tx, rx) = mpsc::channel();
+        let pending: Pending = Arc::default();
+        let thread = {
+            let (db, pending) = (db.clone(), pending.clone());
+            std::thread::Builder::new()
+                .name("raft-log-writer".into())
+                .spawn(move || writer(db, pending, rx))
+                .expect("spawn the raft log writer thread")
+        };
+        Self {
+            shared: Arc::new(Shared {
+                db,
+                pending,
+                tx: Mutex::new(Some(tx)),
+                writer: Mutex::new(Some(thread)),
+            }),
+        }
+    }
+
+    fn send(&self, op: Op) -> Result<(), StoreError> {
+        self.shared
+            .tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .ok_or(StoreError::WriterGone)?
+            .send(op)
+            .map_err(|_| StoreError::WriterGone)
+    }
+
+    async fn send_and_wait(&self, make: impl FnOnce(Done) -> Op) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.send(make(done))?;
+        wait.await
+            .map_err(|_| StoreError::WriterGone)?
+            .map_err(StoreError::Write)
     }
 
     fn read_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.shared.db.begin_read()?;
         let table = txn.open_table(META)?;
         let value = table.get(key)?;
         Ok(match value {
@@ -38,67 +246,80 @@ impl LogStore {
         })
     }
 
-    async fn write_meta<T: Serialize>(
-        &self,
-        key: &'static str,
-        value: &T,
-        durability: Durability,
-    ) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(value)?;
-        let db = self.db.clone();
-        blocking(move || {
-            let mut txn = db.begin_write()?;
-            txn.set_durability(durability)?;
-            txn.open_table(META)?.insert(key, bytes.as_slice())?;
-            txn.commit()?;
-            Ok(())
-        })
-        .await
+    fn pending_range(&self, start: Bound<u64>, end: Bound<u64>) -> BTreeMap<u64, Entry> {
+        let pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        pending
+            .range((start, end))
+            .map(|(k, v)| (*k, v.clone()))
+            .collect()
     }
 
     fn read_entries(&self, start: Bound<u64>, end: Bound<u64>) -> Result<Vec<Entry>, StoreError> {
-        let txn = self.db.begin_read()?;
+        // Pending first, then the table: an entry written in between is in the second.
+        let mut entries = self.pending_range(start, end);
+        let txn = self.shared.db.begin_read()?;
         let table = txn.open_table(LOG)?;
-        let mut entries = Vec::new();
         for item in table.range::<u64>((start, end))? {
-            let (_, v) = item?;
-            entries.push(serde_json::from_slice(v.value())?);
+            let (k, v) = item?;
+            if let std::collections::btree_map::Entry::Vacant(slot) = entries.entry(k.value()) {
+                slot.insert(serde_json::from_slice(v.value())?);
+            }
         }
-        Ok(entries)
+        Ok(entries.into_values().collect())
     }
 
-    /// Write entries in one immediate (fsynced) transaction.
+    /// Append entries and wait until they are durable (tests).
+    #[cfg(test)]
     pub(crate) async fn write_entries(
         &self,
         entries: impl IntoIterator<Item = Entry>,
     ) -> Result<(), StoreError> {
-        let mut rows = Vec::new();
-        for entry in entries {
-            rows.push((entry.log_id.index, serde_json::to_vec(&entry)?));
-        }
-        let db = self.db.clone();
-        blocking(move || {
-            let txn = db.begin_write()?; // Durability::Immediate is redb's default.
-            {
-                let mut table = txn.open_table(LOG)?;
-                for (index, bytes) in &rows {
-                    table.insert(*index, bytes.as_slice())?;
-                }
-            }
-            txn.commit()?;
-            Ok(())
+        let rows = self.queue(entries)?;
+        self.send_and_wait(|done| Op::Append {
+            rows,
+            done: AppendDone::Wait(done),
         })
         .await
     }
 
+    /// Serialize entries and make them readable as pending.
+    fn queue(
+        &self,
+        entries: impl IntoIterator<Item = Entry>,
+    ) -> Result<Vec<(LogId, Vec<u8>)>, StoreError> {
+        let mut rows = Vec::new();
+        let mut pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for entry in entries {
+            rows.push((entry.log_id, serde_json::to_vec(&entry)?));
+            pending.insert(entry.log_id.index, entry);
+        }
+        Ok(rows)
+    }
+
     fn log_state(&self) -> Result<LogState<TypeConfig>, StoreError> {
+        let pending_last = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last_key_value()
+            .map(|(_, e)| e.log_id);
         let last_purged: Option<LogId> = self.read_meta(LAST_PURGED)?;
-        let txn = self.db.begin_read()?;
+        let txn = self.shared.db.begin_read()?;
         let table = txn.open_table(LOG)?;
-        let last = match table.last()? {
+        let stored_last = match table.last()? {
             Some((_, v)) => Some(serde_json::from_slice::<Entry>(v.value())?.log_id),
             None => None,
         };
+        let last = pending_last.max(stored_last);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last.or(last_purged),
@@ -137,9 +358,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         tracing::debug!(term = vote.leader_id.term, "saving vote");
-        self.write_meta(VOTE, vote, Durability::Immediate)
-            .await
-            .map_err(|e| StorageIOError::write_vote(&e).into())
+        let bytes = serde_json::to_vec(vote).map_err(|e| StorageIOError::write_vote(&e))?;
+        self.send_and_wait(|done| Op::Meta {
+            key: VOTE,
+            bytes,
+            done: Some(done),
+        })
+        .await
+        .map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -148,14 +374,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not fsynced on its own: losing it only means re-applying less on restart, and the
-        // next append makes it durable anyway.
-        self.write_meta(COMMITTED, &committed, Durability::None)
-            .await
-            .map_err(write_err)
+        // Queued, not awaited and not fsynced on its own: losing it only means re-applying
+        // less on restart; the next append makes it durable.
+        let bytes = serde_json::to_vec(&committed).map_err(|e| write_err(e.into()))?;
+        self.send(Op::Meta {
+            key: COMMITTED,
+            bytes,
+            done: None,
+        })
+        .map_err(write_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        // Wait for queued writes so a just-saved value is seen.
+        self.send_and_wait(|done| Op::Append {
+            rows: Vec::new(),
+            done: AppendDone::Wait(done),
+        })
+        .await
+        .map_err(read_err)?;
         Ok(self
             .read_meta::<Option<LogId>>(COMMITTED)
             .map_err(read_err)?
@@ -171,30 +408,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let res = self.write_entries(entries).await;
-        // Only now are the entries on disk: tell openraft.
-        match res {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot append raft log entries");
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(write_err(e))
-            }
-        }
+        let rows = self.queue(entries).map_err(write_err)?;
+        // The writer calls back once the group holding these rows is committed.
+        self.send(Op::Append {
+            rows,
+            done: AppendDone::Raft(callback),
+        })
+        .map_err(write_err)
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(index = log_id.index, "truncating raft log");
-        let db = self.db.clone();
-        blocking(move || {
-            let txn = db.begin_write()?;
-            txn.open_table(LOG)?
-                .retain_in::<u64, _>(log_id.index.., |_, _| false)?;
-            txn.commit()?;
-            Ok(())
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|k, _| *k < log_id.index);
+        self.send_and_wait(|done| Op::Truncate {
+            from: log_id.index,
+            done,
         })
         .await
         .map_err(write_err)
@@ -203,16 +435,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(index = log_id.index, "purging raft log");
         let bytes = serde_json::to_vec(&log_id).map_err(|e| write_err(e.into()))?;
-        let db = self.db.clone();
-        blocking(move || {
-            let txn = db.begin_write()?;
-            // Record the purge point first in the same transaction: never a hole.
-            txn.open_table(META)?
-                .insert(LAST_PURGED, bytes.as_slice())?;
-            txn.open_table(LOG)?
-                .retain_in::<u64, _>(..=log_id.index, |_, _| false)?;
-            txn.commit()?;
-            Ok(())
+        self.send_and_wait(|done| Op::Purge {
+            upto: log_id,
+            bytes,
+            done,
         })
         .await
         .map_err(write_err)

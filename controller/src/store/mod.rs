@@ -1,26 +1,26 @@
-//! redb-backed Raft storage: the log, the vote and the state machine in one database file.
+//! redb-backed Raft storage in two database files: `raft-log.redb` (log, vote) and
+//! `raft-sm.redb` (state machine, current snapshot).
 //!
-//! Layout (all tables in `raft.redb`):
+//! | file  | table       | key            | value                                   |
+//! |-------|-------------|----------------|-----------------------------------------|
+//! | log   | `log`       | index (`u64`)  | JSON `Entry`                            |
+//! | log   | `meta`      | name           | JSON `vote`, `committed`, `last_purged` |
+//! | sm    | `sm_meta`   | name           | JSON `last_applied`, `membership`, `last_event_seq` |
+//! | sm    | `objects`   | `kind/id`      | JSON object record                      |
+//! | sm    | `events`    | seq (`u64`)    | JSON `Event`                            |
+//! | sm    | `snapshot`  | `meta`, `data` | the current snapshot                    |
 //!
-//! | table       | key            | value                                   |
-//! |-------------|----------------|-----------------------------------------|
-//! | `log`       | index (`u64`)  | JSON `Entry`                            |
-//! | `meta`      | name           | JSON `vote`, `committed`, `last_purged` |
-//! | `sm_meta`   | name           | JSON `last_applied`, `membership`, `last_event_seq` |
-//! | `objects`   | `kind/id`      | JSON object record                      |
-//! | `events`    | seq (`u64`)    | JSON `Event`                            |
-//! | `snapshot`  | `meta`, `data` | the current snapshot                    |
+//! Durability: log appends, truncation, purge and the vote commit with
+//! `Durability::Immediate` (fsync) before openraft is told they are done; they go through one
+//! writer thread that commits whatever is queued as one group (see `log`). State-machine
+//! applies commit with `Durability::None` (visible at once, fsynced with every 256th batch,
+//! every snapshot build and every snapshot install). Two files keep applies from waiting for
+//! log fsyncs on redb's single writer lock. A crash can roll the state machine back to an
+//! older applied index, never behind the last snapshot, and so never behind the purged log;
+//! openraft re-applies the committed entries from the log (`save_committed` is implemented).
 //!
-//! Durability: log appends, truncation, purge, the vote, snapshots and snapshot installs commit
-//! with `Durability::Immediate` (fsync) before openraft is told they are done. State-machine
-//! applies commit with `Durability::None`: they are visible at once and become durable with the
-//! next immediate commit (the next append). A crash can therefore roll the state machine back
-//! to an older applied index, never past the last snapshot (a snapshot save is immediate), and
-//! openraft re-applies the committed entries from the log (`save_committed` is implemented), so
-//! no purged entry is ever needed again.
-//!
-//! All redb work runs on tokio's blocking pool: a commit that fsyncs never stalls a runtime
-//! worker.
+//! All state-machine redb work runs on tokio's blocking pool: a commit that fsyncs never
+//! stalls a runtime worker.
 
 mod log;
 mod sm;
@@ -40,8 +40,9 @@ const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 
-/// File name of the database inside the data directory.
-pub const DB_FILE: &str = "raft.redb";
+/// File names of the databases inside the data directory.
+pub const LOG_FILE: &str = "raft-log.redb";
+pub const SM_FILE: &str = "raft-sm.redb";
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +67,10 @@ pub enum StoreError {
     BadObjectKey(String),
     #[error("a storage task panicked or was cancelled")]
     Join(#[from] tokio::task::JoinError),
+    #[error("the raft log writer thread has stopped")]
+    WriterGone,
+    #[error("the raft log writer failed: {0}")]
+    Write(String),
 }
 
 macro_rules! from_redb {
@@ -91,24 +96,29 @@ pub fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError
         path: data_dir.to_owned(),
         source,
     })?;
-    let path = data_dir.join(DB_FILE);
-    let db = Database::create(&path).map_err(|source| StoreError::Open {
-        path: path.clone(),
-        source,
-    })?;
+    let open_db = |name: &str| {
+        let path = data_dir.join(name);
+        Database::create(&path).map_err(|source| StoreError::Open { path, source })
+    };
+    let log_db = open_db(LOG_FILE)?;
+    let sm_db = open_db(SM_FILE)?;
     // Create every table so that read transactions never see a missing one.
-    let txn = db.begin_write()?;
+    let txn = log_db.begin_write()?;
     {
         txn.open_table(LOG)?;
         txn.open_table(META)?;
+    }
+    txn.commit()?;
+    let txn = sm_db.begin_write()?;
+    {
         txn.open_table(SM_META)?;
         txn.open_table(OBJECTS)?;
         txn.open_table(EVENTS)?;
         txn.open_table(SNAPSHOT)?;
     }
     txn.commit()?;
-    let db = Arc::new(db);
-    let sm = StateMachineStore::load(db.clone())?;
+    let sm = StateMachineStore::load(Arc::new(sm_db))?;
+    let db = Arc::new(log_db);
     Ok((LogStore::new(db), sm))
 }
 

@@ -51,7 +51,11 @@ pub struct StateMachineStore {
     db: Arc<Database>,
     data: Arc<RwLock<SmData>>,
     snapshot_seq: Arc<AtomicU64>,
+    batches: u64,
 }
+
+/// Every this many applied batches the state machine commit is fsynced.
+const SYNC_EVERY_BATCHES: u64 = 256;
 
 fn parse_key(s: &str) -> Result<ObjectKey, StoreError> {
     let bad = || StoreError::BadObjectKey(s.to_owned());
@@ -125,6 +129,7 @@ impl StateMachineStore {
                 state: payload.state,
             })),
             snapshot_seq: Arc::new(AtomicU64::new(0)),
+            batches: 0,
         })
     }
 
@@ -286,14 +291,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = std::time::Instant::now();
         let (results, batch) = self
             .apply_in_memory(entries.into_iter())
             .map_err(sm_write_err)?;
+        let in_memory = started.elapsed().as_micros() as u64;
         let db = self.db.clone();
+        let entries = results.len();
+        self.batches += 1;
+        let durability = if self.batches.is_multiple_of(SYNC_EVERY_BATCHES) {
+            Durability::Immediate
+        } else {
+            // Made durable by the next immediate commit (see the module docs of `store`).
+            Durability::None
+        };
         blocking(move || {
             let mut txn = db.begin_write()?;
-            // Made durable by the next immediate commit (see the module docs of `store`).
-            txn.set_durability(Durability::None)?;
+            txn.set_durability(durability)?;
             {
                 let mut objects = txn.open_table(OBJECTS)?;
                 for (key, json) in &batch.objects {
@@ -319,6 +333,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         })
         .await
         .map_err(sm_write_err)?;
+        tracing::debug!(
+            entries,
+            in_memory,
+            micros = started.elapsed().as_micros() as u64,
+            "state machine batch applied"
+        );
         Ok(results)
     }
 
