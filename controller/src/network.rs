@@ -364,10 +364,19 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NetworkSetupError> {
     match tls {
-        None => axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(NetworkSetupError::Serve),
+        None => {
+            use axum::serve::ListenerExt;
+            // Small request/response pairs: never let Nagle hold a segment back.
+            let listener = listener.tap_io(|stream| {
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+            });
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(NetworkSetupError::Serve)
+        }
         Some(config) => serve_tls(listener, router, config, shutdown).await,
     }
 }
@@ -389,6 +398,9 @@ async fn serve_tls(
             _ = &mut shutdown => return Ok(()),
             accepted = listener.accept() => accepted.map_err(NetworkSetupError::Serve)?,
         };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
         let acceptor = acceptor.clone();
         let service = TowerToHyperService::new(router.clone());
         tokio::spawn(async move {
