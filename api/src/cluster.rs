@@ -392,7 +392,7 @@ impl Default for UpdateStrategy {
 
 /// A workload as declared. Deep validation belongs to the API layer.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadSpec {
     pub name: String,
@@ -413,6 +413,97 @@ pub struct WorkloadSpec {
     pub migration_policy: MigrationPolicy,
     #[serde(default)]
     pub update_strategy: UpdateStrategy,
+    /// Restarted by the agent (and replaced elsewhere when it keeps failing) when this fails.
+    #[serde(default)]
+    pub liveness: Option<Probe>,
+    /// Gates "ready": rolling updates count only ready replicas as available.
+    #[serde(default)]
+    pub readiness: Option<Probe>,
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    /// SIGTERM, then SIGKILL after this long, when an instance is stopped.
+    #[serde(default = "default_stop_grace_ms")]
+    pub stop_grace_ms: u64,
+}
+
+fn default_stop_grace_ms() -> u64 {
+    10_000
+}
+
+impl Default for WorkloadSpec {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            image: String::new(),
+            command: Vec::new(),
+            env: BTreeMap::new(),
+            resources: WorkloadResources::default(),
+            replicas: 0,
+            ports: Vec::new(),
+            placement: Placement::default(),
+            migration_policy: MigrationPolicy::default(),
+            update_strategy: UpdateStrategy::default(),
+            liveness: None,
+            readiness: None,
+            restart_policy: RestartPolicy::default(),
+            stop_grace_ms: default_stop_grace_ms(),
+        }
+    }
+}
+
+/// What the agent does when an instance's process exits (liveness failures count as failure).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartPolicy {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// A health check run by the owning agent.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Probe {
+    pub action: ProbeAction,
+    #[serde(default)]
+    pub initial_delay_ms: u64,
+    #[serde(default = "default_probe_period_ms")]
+    pub period_ms: u64,
+    #[serde(default = "default_probe_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Consecutive failures that make the check fail.
+    #[serde(default = "default_failure_threshold")]
+    pub failure_threshold: u32,
+    /// Consecutive successes that make a failed check pass again.
+    #[serde(default = "default_success_threshold")]
+    pub success_threshold: u32,
+}
+
+fn default_probe_period_ms() -> u64 {
+    10_000
+}
+fn default_probe_timeout_ms() -> u64 {
+    1_000
+}
+fn default_failure_threshold() -> u32 {
+    3
+}
+fn default_success_threshold() -> u32 {
+    1
+}
+
+/// `exec` runs a command inside the container (exit 0 passes); `tcp` connects to the
+/// instance's IP; `http` expects a 2xx or 3xx from `GET path` on the instance's IP.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ProbeAction {
+    Exec { command: Vec<String> },
+    Tcp { port: u16 },
+    Http { port: u16, path: String },
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -500,6 +591,12 @@ pub struct InstanceObserved {
     pub exit: Option<ExitReason>,
     pub ip: Option<String>,
     pub reported_at_ms: u64,
+    /// Readiness probe passing (true when the workload has none and the process runs).
+    #[serde(default)]
+    pub ready: bool,
+    /// Restarts the agent made on this node (exits and liveness failures).
+    #[serde(default)]
+    pub restarts: u32,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -513,6 +610,16 @@ pub struct InstanceRecord {
     pub epoch: u64,
     pub phase: InstancePhase,
     pub observed: Option<InstanceObserved>,
+    /// Replica slot within the workload (0-based; reused when a replica is replaced).
+    #[serde(default)]
+    pub replica: u32,
+    /// The workload generation this instance runs.
+    #[serde(default)]
+    pub generation: u64,
+    /// The workload spec at that generation, copied by apply when the instance is placed, so
+    /// an agent can run it (and a rolling update can keep old replicas) without the workload.
+    #[serde(default)]
+    pub spec: Option<WorkloadSpec>,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
     pub revision: u64,
@@ -545,6 +652,10 @@ pub struct ReportInstanceState {
     pub exit: Option<ExitReason>,
     #[serde(default)]
     pub ip: Option<String>,
+    #[serde(default)]
+    pub ready: bool,
+    #[serde(default)]
+    pub restarts: u32,
     pub at_ms: u64,
 }
 
@@ -713,6 +824,9 @@ pub enum TokenRole {
     ControllerJoin,
     Admin,
     ReadOnly,
+    /// An agent's own credential (issued at node join): heartbeats, reports and reads of its
+    /// own assignments only. The token's description holds the node id (`node:<id>`).
+    Node,
 }
 
 /// A token as stored: only the hash of its secret, never the secret.

@@ -11,10 +11,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{
-    ConstraintOp, ControllerAddr, Event, InstanceRecord, LabelConstraint, MemberRole,
-    MigrationPolicy, MigrationRecord, NodeRecord, Placement, PlacementStrategy, PortSpec, Protocol,
-    ServicePort, ServiceRecord, ServiceSpec, TokenRole, UpdateStrategy, WorkloadRecord,
-    WorkloadResources, WorkloadSpec,
+    Capacity, ConstraintOp, ControllerAddr, Event, ExitReason, InstanceRecord, LabelConstraint,
+    MemberRole, MigrationPolicy, MigrationRecord, NodeRecord, ObservedState, Placement,
+    PlacementStrategy, PortSpec, Probe, ProbeAction, Protocol, RestartPolicy, ServicePort,
+    ServiceRecord, ServiceSpec, TokenRole, UpdateStrategy, WorkloadRecord, WorkloadResources,
+    WorkloadSpec,
 };
 
 /// Content type of every error response (RFC 9457).
@@ -79,6 +80,97 @@ pub struct WorkloadWrite {
     pub migration_policy: MigrationPolicy,
     #[serde(default)]
     pub update_strategy: Option<UpdateStrategyWrite>,
+    #[serde(default)]
+    pub liveness: Option<ProbeWrite>,
+    #[serde(default)]
+    pub readiness: Option<ProbeWrite>,
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    /// Grace period between SIGTERM and SIGKILL on stop (default 10 s).
+    #[serde(default)]
+    pub stop_grace_ms: Option<u64>,
+}
+
+/// A health check: exactly one of `exec`, `tcp`, `http`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProbeWrite {
+    #[serde(default)]
+    pub exec: Option<ExecProbeWrite>,
+    #[serde(default)]
+    pub tcp: Option<TcpProbeWrite>,
+    #[serde(default)]
+    pub http: Option<HttpProbeWrite>,
+    #[serde(default)]
+    pub initial_delay_ms: Option<u64>,
+    #[serde(default)]
+    pub period_ms: Option<u64>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub failure_threshold: Option<u32>,
+    #[serde(default)]
+    pub success_threshold: Option<u32>,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExecProbeWrite {
+    pub command: Vec<String>,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TcpProbeWrite {
+    pub port: u16,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpProbeWrite {
+    pub port: u16,
+    #[serde(default = "default_http_path")]
+    pub path: String,
+}
+
+fn default_http_path() -> String {
+    "/".to_owned()
+}
+
+impl ProbeWrite {
+    /// The Raft probe; `None` unless exactly one action is set (the API layer refuses that
+    /// first, naming the field).
+    pub fn into_probe(self) -> Option<Probe> {
+        let action = match (self.exec, self.tcp, self.http) {
+            (Some(e), None, None) => ProbeAction::Exec { command: e.command },
+            (None, Some(t), None) => ProbeAction::Tcp { port: t.port },
+            (None, None, Some(h)) => ProbeAction::Http {
+                port: h.port,
+                path: h.path,
+            },
+            _ => return None,
+        };
+        let d = Probe {
+            action,
+            initial_delay_ms: 0,
+            period_ms: 10_000,
+            timeout_ms: 1_000,
+            failure_threshold: 3,
+            success_threshold: 1,
+        };
+        Some(Probe {
+            initial_delay_ms: self.initial_delay_ms.unwrap_or(d.initial_delay_ms),
+            period_ms: self.period_ms.unwrap_or(d.period_ms),
+            timeout_ms: self.timeout_ms.unwrap_or(d.timeout_ms),
+            failure_threshold: self.failure_threshold.unwrap_or(d.failure_threshold),
+            success_threshold: self.success_threshold.unwrap_or(d.success_threshold),
+            ..d
+        })
+    }
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -175,6 +267,12 @@ impl WorkloadWrite {
                     max_surge: u.max_surge,
                 })
                 .unwrap_or_default(),
+            liveness: self.liveness.and_then(ProbeWrite::into_probe),
+            readiness: self.readiness.and_then(ProbeWrite::into_probe),
+            restart_policy: self.restart_policy,
+            stop_grace_ms: self
+                .stop_grace_ms
+                .unwrap_or(WorkloadSpec::default().stop_grace_ms),
         }
     }
 }
@@ -430,6 +528,96 @@ pub struct JoinResponse {
     pub ca_key: String,
     pub leader: Option<u64>,
     pub members: Vec<MemberStatus>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Agents (nodes): join, heartbeat, status reports. See docs/cluster-protocol.md.
+// ---------------------------------------------------------------------------------------------
+
+/// Body of `POST /v1/nodes/join` (public path; the token is in the body): an agent asks for
+/// its node identity with a join token (role `node_join`, single use) and a PKCS#10 CSR.
+/// The agent pins the controller's CA by hash before sending it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodeJoinRequest {
+    pub token: String,
+    /// The node's name: `[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?`, unique in the cluster.
+    pub node_id: String,
+    /// `host:port` of the agent's TLS API (logs, exec), reachable from the controllers.
+    pub address: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub capacity: Capacity,
+    #[serde(default)]
+    pub features: BTreeMap<String, String>,
+    /// PEM CSR; the certificate is issued with CN `node-<nodeId>` and the node's IP as SAN.
+    pub csr: String,
+}
+
+/// The answer to a node join. `apiToken` (role `node`) authenticates every later call of
+/// this agent; it is shown only here and the agent keeps it in its data directory.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeJoinResponse {
+    pub node_id: String,
+    pub certificate: String,
+    pub ca_certificate: String,
+    pub api_token: String,
+    /// API endpoints of every controller (`https://host:port`), for failover of the agent.
+    pub controllers: Vec<String>,
+    pub heartbeat_interval_ms: u64,
+    pub lease_ttl_ms: u64,
+}
+
+/// Body of `POST /v1/nodes/{id}/heartbeat` (node token of that node): renews the lease and
+/// refreshes what changed.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodeHeartbeatRequest {
+    /// Strictly increasing per agent process start (with `bootId`); a replayed or reordered
+    /// heartbeat is refused.
+    pub seq: u64,
+    /// Random per agent start, so a restarted agent's seq may begin again at 1.
+    #[serde(default)]
+    pub boot_id: String,
+    #[serde(default)]
+    pub capacity: Option<Capacity>,
+    #[serde(default)]
+    pub features: Option<BTreeMap<String, String>>,
+    /// Instances the agent runs right now (ids), for the controller's view of the node.
+    #[serde(default)]
+    pub running: Vec<String>,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeHeartbeatResponse {
+    pub revision: u64,
+    pub heartbeat_interval_ms: u64,
+    pub lease_ttl_ms: u64,
+}
+
+/// Body of `PUT /v1/instances/{id}/status` (node token of the owner): the agent's
+/// observation. Refused with 409 `stale-epoch` unless `epoch` is the instance's current one
+/// and the caller owns it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct InstanceStatusReport {
+    pub epoch: u64,
+    pub state: ObservedState,
+    #[serde(default)]
+    pub exit: Option<ExitReason>,
+    #[serde(default)]
+    pub ip: Option<String>,
+    #[serde(default)]
+    pub ready: bool,
+    #[serde(default)]
+    pub restarts: u32,
 }
 
 // ---------------------------------------------------------------------------------------------

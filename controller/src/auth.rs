@@ -123,7 +123,12 @@ pub fn authenticate(
 pub fn authorize(role: TokenRole, read: bool) -> Result<(), AuthError> {
     match role {
         TokenRole::Admin => Ok(()),
-        TokenRole::ReadOnly if read => Ok(()),
+        TokenRole::ReadOnly | TokenRole::Node if read => Ok(()),
+        // Node writes are limited to the node's own heartbeat and reports, checked by path.
+        TokenRole::Node => Err(AuthError::WrongRole {
+            role,
+            what: "change the cluster",
+        }),
         TokenRole::ReadOnly => Err(AuthError::WrongRole {
             role,
             what: "change the cluster",
@@ -155,7 +160,7 @@ pub async fn create_token(
 ) -> Result<NewToken, CreateTokenError> {
     let secret_len = match role {
         TokenRole::ControllerJoin | TokenRole::NodeJoin => JOIN_SECRET_LEN,
-        TokenRole::Admin | TokenRole::ReadOnly => API_SECRET_LEN,
+        TokenRole::Admin | TokenRole::ReadOnly | TokenRole::Node => API_SECRET_LEN,
     };
     let id = random_chars(ID_LEN)?;
     let secret = random_chars(secret_len)?;

@@ -305,6 +305,9 @@ impl ClusterState {
                 epoch: 1,
                 phase: InstancePhase::Scheduled,
                 observed: None,
+                replica: 0,
+                generation: self.workloads.get(&c.workload).map_or(0, |w| w.generation),
+                spec: self.workloads.get(&c.workload).map(|w| w.spec.clone()),
                 created_at_ms: c.at_ms,
                 updated_at_ms: c.at_ms,
                 revision: index,
@@ -338,6 +341,8 @@ impl ClusterState {
             exit: c.exit.clone(),
             ip: c.ip.clone(),
             reported_at_ms: c.at_ms,
+            ready: c.ready,
+            restarts: c.restarts,
         });
         use flotilla_api::cluster::ObservedState as O;
         if inst.phase != InstancePhase::Migrating {
@@ -744,6 +749,8 @@ pub(crate) mod tests {
                 state: ObservedState::Running,
                 exit: None,
                 ip: Some("10.0.0.2".into()),
+                ready: true,
+                restarts: 0,
                 at_ms: 9,
             })
         };
@@ -1005,6 +1012,8 @@ pub(crate) mod tests {
                     state: ObservedState::Running,
                     exit: None,
                     ip: None,
+                    ready: false,
+                    restarts: 0,
                     at_ms,
                 })
             }),
