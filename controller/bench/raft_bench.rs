@@ -105,7 +105,9 @@ fn request(
             }));
             client
                 .post(format!("http://{}/raft/peer", args.endpoint))
-                .json(&PeerRequest::Write { command })
+                .json(&PeerRequest::Write {
+                    command: Box::new(command),
+                })
         }
         "etcd" => {
             let b64 = base64::engine::general_purpose::STANDARD;

@@ -105,7 +105,7 @@ impl ControllerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum PeerRequest {
-    Write { command: VersionedCommand },
+    Write { command: Box<VersionedCommand> },
     ReadIndex,
     AddMember { request: AddMemberRequest },
     RemoveMember { id: NodeId },
@@ -378,7 +378,15 @@ impl ControllerNode {
                 match target {
                     None => self.write_local(command).await,
                     Some(leader) => {
-                        match self.send_to(leader, PeerRequest::Write { command }).await? {
+                        match self
+                            .send_to(
+                                leader,
+                                PeerRequest::Write {
+                                    command: Box::new(command),
+                                },
+                            )
+                            .await?
+                        {
                             PeerResponse::Written { response } => Ok(Attempt::Done(response)),
                             PeerResponse::NotLeader { leader } => Ok(Attempt::Redirect(leader)),
                             PeerResponse::Failed { message } => {
@@ -571,7 +579,7 @@ impl ControllerNode {
     /// Serve a request from another controller: answer locally, never forward.
     pub async fn handle_peer(&self, request: PeerRequest) -> PeerResponse {
         let outcome = match request {
-            PeerRequest::Write { command } => self.write_local(command).await.map(|a| match a {
+            PeerRequest::Write { command } => self.write_local(*command).await.map(|a| match a {
                 Attempt::Done(response) => PeerResponse::Written { response },
                 Attempt::Redirect(leader) => PeerResponse::NotLeader { leader },
             }),
