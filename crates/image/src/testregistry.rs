@@ -33,13 +33,16 @@ pub struct TestRegistryConfig {
     pub tls: bool,
     /// Bearer-token auth.
     pub token: Option<TokenAuthConfig>,
+    /// Listen here instead of `127.0.0.1` (e.g. the host side of a test cluster's bridge,
+    /// inside 198.18.0.0/15, so agents in their own network namespaces can pull).
+    pub bind_ip: Option<std::net::IpAddr>,
 }
 
 /// A running registry.
 pub struct TestRegistry {
     child: Option<Child>,
     dir: PathBuf,
-    /// `127.0.0.1:<port>`.
+    /// `127.0.0.1:<port>` (or `bind_ip:<port>`).
     pub addr: String,
     /// PEM of the CA that signed the server certificate, when TLS is on.
     pub ca_pem: Option<String>,
@@ -56,8 +59,8 @@ pub fn temp_dir(prefix: &str) -> std::io::Result<PathBuf> {
     Ok(p)
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+fn free_port(ip: std::net::IpAddr) -> std::io::Result<u16> {
+    Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())
 }
 
 fn err(msg: impl Into<String>) -> std::io::Error {
@@ -141,8 +144,11 @@ impl TestRegistry {
         }
         let mut last_err = None;
         for _attempt in 0..5 {
-            let port = free_port()?;
-            let addr = format!("127.0.0.1:{port}");
+            let ip = cfg
+                .bind_ip
+                .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+            let port = free_port(ip)?;
+            let addr = std::net::SocketAddr::new(ip, port).to_string();
             let config = format!(
                 "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n  secret: {:016x}\n{tls}{auth}",
                 dir.join("data").display(),
