@@ -51,6 +51,28 @@ enum Cmd {
         /// Nameservers written to containers' /etc/resolv.conf (default: the gateway).
         #[arg(long)]
         nameserver: Vec<std::net::IpAddr>,
+        /// Join a cluster through this controller (https://IP:PORT); needed on the first
+        /// start only, then `<root>/cluster/identity.json` is used.
+        #[arg(long, requires_all = ["token", "ca_cert_hash", "node_id", "advertise"])]
+        join: Option<String>,
+        /// The node join token (`clusterctl` / `POST /v1/tokens {"role":"node_join"}`).
+        #[arg(long, env = "FLOTILLA_JOIN_TOKEN")]
+        token: Option<String>,
+        /// sha256:<hex> of the cluster CA certificate (pinned on the first connection).
+        #[arg(long)]
+        ca_cert_hash: Option<String>,
+        /// This node's name (a DNS label, unique in the cluster).
+        #[arg(long)]
+        node_id: Option<String>,
+        /// IP:PORT where the agent's TLS API listens and controllers dial it.
+        #[arg(long)]
+        advertise: Option<std::net::SocketAddr>,
+        /// A node label KEY=VALUE (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// A registry HOST:PORT spoken to over plain HTTP (test registries; repeatable).
+        #[arg(long)]
+        registry_insecure: Vec<String>,
     },
     /// Create and start a container.
     Run(RunArgs),
@@ -278,7 +300,32 @@ async fn real_main(cli: Cli) -> Result<i32> {
             bridge,
             node_netns,
             nameserver,
+            join,
+            token,
+            ca_cert_hash,
+            node_id,
+            advertise,
+            labels,
+            registry_insecure,
         } => {
+            let mut label_map = std::collections::BTreeMap::new();
+            for l in &labels {
+                let (k, v) = l
+                    .split_once('=')
+                    .with_context(|| format!("--label {l:?}: expected KEY=VALUE"))?;
+                label_map.insert(k.to_owned(), v.to_owned());
+            }
+            let cluster = flotilla_agent::cluster::ClusterArgs {
+                root: root.clone(),
+                join,
+                token,
+                ca_cert_hash,
+                node_id,
+                advertise,
+                labels: label_map,
+                registry_insecure,
+                node_netns: node_netns.clone(),
+            };
             let net = match subnet {
                 Some(sn) => {
                     let subnet: flotilla_net::Ipv4Net =
@@ -300,8 +347,34 @@ async fn real_main(cli: Cli) -> Result<i32> {
                     .context("opening the image store")?,
             );
             let rt = runtime_for(root, cgroup_parent, pool)?;
-            tracing::info!(socket = %cli.socket.display(), mode = ?rt.cgroup_mode(), network = net.is_some(), "agent serving");
-            flotilla_agent::server::serve(rt, net, images, &cli.socket, shutdown_signal()).await?;
+            let on_ready: Option<flotilla_agent::server::OnReady> = if cluster.enabled() {
+                let identity = match flotilla_agent::cluster::prepare(&cluster, &rt).await {
+                    Ok(i) => i,
+                    Err(e) => {
+                        // Nothing of a refused join stays: the shim pool goes too.
+                        rt.shutdown();
+                        return Err(e);
+                    }
+                };
+                Some(Box::new(move |st| {
+                    if let Err(e) = flotilla_agent::cluster::start(identity, &cluster, st) {
+                        eprintln!("error: cannot start the cluster member: {e:#}");
+                        std::process::exit(1);
+                    }
+                }))
+            } else {
+                None
+            };
+            tracing::info!(socket = %cli.socket.display(), mode = ?rt.cgroup_mode(), network = net.is_some(), cluster = on_ready.is_some(), "agent serving");
+            flotilla_agent::server::serve_with(
+                rt,
+                net,
+                images,
+                &cli.socket,
+                shutdown_signal(),
+                on_ready,
+            )
+            .await?;
             Ok(0)
         }
         Cmd::Run(a) => run(&c, a).await,

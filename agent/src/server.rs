@@ -56,6 +56,14 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+
     pub fn bad_request(detail: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::BAD_REQUEST,
@@ -112,7 +120,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub type ApiResult<T> = Result<T, ApiError>;
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, RuntimeError> + Send + 'static,
@@ -182,6 +190,23 @@ pub fn router(state: AppState) -> Router {
         .with_state(Arc::new(state))
 }
 
+/// The subset of the API that controllers reach over mTLS (read containers, logs, exec).
+pub fn remote_router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/containers", get(list))
+        .route("/v1/containers/{id}", get(inspect))
+        .route("/v1/containers/{id}/logs", get(logs))
+        .route("/v1/containers/{id}/exec", post(exec))
+        .fallback(|| async {
+            ApiError {
+                status: StatusCode::NOT_FOUND,
+                detail: "no such endpoint".into(),
+            }
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
+        .with_state(Arc::new(state))
+}
+
 type S = State<Arc<AppState>>;
 
 async fn list(State(s): S) -> ApiResult<Json<Vec<ContainerInfo>>> {
@@ -212,6 +237,13 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
 
 async fn create(State(s): S, body: Bytes) -> ApiResult<(StatusCode, Json<ContainerInfo>)> {
     let req: ContainerRequest = parse_json(&body)?;
+    let info = create_container(&s, req).await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+/// Create (and unless `start` is false, start) a container: image layers, OCI spec, node
+/// network (address, /etc files, published ports). Nothing is left behind on failure.
+pub async fn create_container(s: &AppState, req: ContainerRequest) -> ApiResult<ContainerInfo> {
     let image = match &req.image {
         Some(name) => {
             let store = s.images.clone();
@@ -256,7 +288,7 @@ async fn create(State(s): S, body: Bytes) -> ApiResult<(StatusCode, Json<Contain
     let id = st.record.id.clone();
     let mut ip = None;
     if want_net {
-        match plumb_network(&s, &st, &ports).await {
+        match plumb_network(s, &st, &ports).await {
             Ok(addr) => ip = Some(addr),
             Err(e) => {
                 let rt = s.rt.clone();
@@ -285,7 +317,7 @@ async fn create(State(s): S, body: Bytes) -> ApiResult<(StatusCode, Json<Contain
         st.status = flotilla_runtime::runtime::Status::Running;
     }
     tracing::info!(container = %id, pid = st.record.init_pid, ip = ?ip, started = req.start, "container created");
-    Ok((StatusCode::CREATED, Json(info(&st, ip))))
+    Ok(info(&st, ip))
 }
 
 fn port_mapping(p: &flotilla_api::PortSpec) -> flotilla_net::PortMapping {
@@ -363,15 +395,26 @@ async fn remove(
     UrlPath(id): UrlPath<String>,
     Query(q): Query<ForceQ>,
 ) -> ApiResult<StatusCode> {
+    remove_container(&s, &id, q.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Delete a container (`force`: kill it first) and release its address and ports.
+pub async fn remove_container(s: &AppState, id: &str, force: bool) -> ApiResult<()> {
     let rt = s.rt.clone();
-    let id2 = id.clone();
-    blocking(move || rt.delete(&id2, q.force)).await?;
+    let id2 = id.to_owned();
+    blocking(move || rt.delete(&id2, force)).await?;
     if let Some(n) = &s.net {
-        if n.attachment(&id).await.ok().flatten().is_some() {
-            n.detach(&id).await.map_err(net_err)?;
+        if n.attachment(id).await.ok().flatten().is_some() {
+            n.detach(id).await.map_err(net_err)?;
         }
     }
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
+}
+
+/// The address of a container on the node network.
+pub async fn container_ip(s: &AppState, id: &str) -> Option<std::net::Ipv4Addr> {
+    ip_of(s, id).await
 }
 
 async fn start(State(s): S, UrlPath(id): UrlPath<String>) -> ApiResult<StatusCode> {
@@ -772,6 +815,22 @@ pub async fn serve(
     socket: &Path,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_with(rt, net, images, socket, shutdown, None).await
+}
+
+/// Called once the containers are adopted and the network is up, before the socket serves
+/// (cluster mode starts its member tasks here).
+pub type OnReady = Box<dyn FnOnce(AppState) + Send>;
+
+/// `serve`, calling `on_ready` with the agent's state once it is ready.
+pub async fn serve_with(
+    rt: Runtime,
+    net: Option<Arc<flotilla_net::NodeNetwork>>,
+    images: Arc<flotilla_image::ImageStore>,
+    socket: &Path,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    on_ready: Option<OnReady>,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     if let Some(d) = socket.parent() {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
@@ -813,16 +872,17 @@ pub async fn serve(
             let _ = tokio::task::spawn_blocking(move || rt.list()).await;
         }
     });
-    axum::serve(
-        listener,
-        router(AppState {
-            rt: rt.clone(),
-            net,
-            images,
-        }),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    let state = AppState {
+        rt: rt.clone(),
+        net,
+        images,
+    };
+    if let Some(f) = on_ready {
+        f(state.clone());
+    }
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
     let _ = std::fs::remove_file(socket);
     rt.shutdown();
     Ok(())

@@ -140,6 +140,32 @@ pub fn authorize(role: TokenRole, read: bool) -> Result<(), AuthError> {
     }
 }
 
+/// Description prefix of a node's API token (`node:<id>`).
+pub const NODE_TOKEN_PREFIX: &str = "node:";
+
+/// The node a `node` token belongs to.
+pub fn node_of(token: &TokenInfo) -> Option<String> {
+    if token.role != TokenRole::Node {
+        return None;
+    }
+    token
+        .description
+        .strip_prefix(NODE_TOKEN_PREFIX)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+}
+
+/// The writes a node token may make: its own heartbeat and status reports of instances (the
+/// handler and the state machine check that the node owns the instance at the current epoch).
+pub fn node_may_write(node: &str, method: &str, path: &str) -> bool {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method, parts.as_slice()) {
+        ("POST", ["v1", "nodes", id, "heartbeat"]) => *id == node,
+        ("PUT", ["v1", "instances", id, "status"]) => !id.is_empty(),
+        _ => false,
+    }
+}
+
 /// A token just created: the full `<id>.<secret>` is only here.
 #[derive(Debug, Clone)]
 pub struct NewToken {
@@ -238,5 +264,11 @@ mod tests {
         assert!(authorize(TokenRole::ReadOnly, true).is_ok());
         assert!(authorize(TokenRole::ReadOnly, false).is_err());
         assert!(authorize(TokenRole::ControllerJoin, true).is_err());
+        assert!(node_may_write("n1", "POST", "/v1/nodes/n1/heartbeat"));
+        assert!(!node_may_write("n1", "POST", "/v1/nodes/n2/heartbeat"));
+        assert!(!node_may_write("n1", "POST", "/v1/nodes/n1/heartbeat/x"));
+        assert!(node_may_write("n1", "PUT", "/v1/instances/i1/status"));
+        assert!(!node_may_write("n1", "PUT", "/v1/workloads/w"));
+        assert!(!node_may_write("n1", "DELETE", "/v1/nodes/n1"));
     }
 }

@@ -32,6 +32,8 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, S
 pub const TLS_DIR: &str = "tls";
 /// Common name prefix of controller certificates; the Raft listener admits only these.
 pub const CONTROLLER_CN_PREFIX: &str = "controller-";
+/// Common name prefix of node (agent) certificates.
+pub const NODE_CN_PREFIX: &str = "node-";
 const CA_CERT: &str = "ca.crt";
 const CA_KEY: &str = "ca.key";
 const CERT: &str = "controller.crt";
@@ -286,6 +288,20 @@ impl ClusterCa {
             }
         }
         csr.params = Self::leaf_params(format!("{CONTROLLER_CN_PREFIX}{id}"), &names)?;
+        Ok(csr.signed_by(&self.issuer)?.pem())
+    }
+
+    /// Sign a node's CSR: common name `node-<node_id>`, names exactly `sans` (the node's
+    /// advertise address; the CSR's own names are ignored, so a node cannot claim another
+    /// host's name). Only the CSR's public key is taken.
+    pub fn sign_node_csr(
+        &self,
+        csr_pem: &str,
+        node_id: &str,
+        sans: &[String],
+    ) -> Result<String, TlsError> {
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
+        csr.params = Self::leaf_params(format!("{NODE_CN_PREFIX}{node_id}"), sans)?;
         Ok(csr.signed_by(&self.issuer)?.pem())
     }
 

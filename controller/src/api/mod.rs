@@ -15,6 +15,7 @@
 //! The OpenAPI document is built from the handlers (utoipa) and served at `/v1/openapi.json`;
 //! `docs/openapi.json` is its checked-in copy.
 
+mod agents;
 mod cluster;
 mod extract;
 mod objects;
@@ -91,6 +92,7 @@ impl utoipa::Modify for BearerAuth {
         (name = "watch", description = "Blocking queries and server-sent events"),
         (name = "cluster", description = "The controllers' Raft group"),
         (name = "trust", description = "Tokens and controller joins"),
+        (name = "agents", description = "Node join, heartbeats and instance reports (docs/cluster-protocol.md)"),
     )
 )]
 struct ApiDoc;
@@ -102,6 +104,7 @@ pub fn router_and_spec(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(cluster::routes())
         .merge(watch::routes())
         .merge(tokens::routes())
+        .merge(agents::routes())
         .split_for_parts();
     let doc = spec.clone();
     let router = router
@@ -136,6 +139,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         .merge(cluster::routes())
         .merge(watch::routes())
         .merge(tokens::routes())
+        .merge(agents::routes())
         .into_openapi()
 }
 

@@ -481,8 +481,8 @@ async fn delete_node(
 // Instances, migrations, events (read-only)
 // ---------------------------------------------------------------------------------------------
 
-/// List instances.
-#[utoipa::path(get, path = "/v1/instances", tag = "objects", params(ReadQuery),
+/// List instances (`node`: only those the node owns, an agent's assignments).
+#[utoipa::path(get, path = "/v1/instances", tag = "objects", params(super::agents::InstanceListQuery),
     responses(
         (status = 200, description = "answered", body = InstanceList, headers(("x-flotilla-index" = u64))),
         (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
@@ -490,9 +490,22 @@ async fn delete_node(
     ))]
 async fn list_instances(
     State(st): State<ApiState>,
-    StrictQuery(q): StrictQuery<ReadQuery>,
+    StrictQuery(q): StrictQuery<super::agents::InstanceListQuery>,
 ) -> Result<Response, ApiError> {
-    let (index, items) = watch::read(&st, &q, |s| collection(&s.instances)).await?;
+    let (q, node) = q.split()?;
+    let (index, items) = watch::read(&st, &q, |s| match &node {
+        None => collection(&s.instances),
+        Some(n) => {
+            let mine = s
+                .instances
+                .iter()
+                .filter(|(_, i)| i.owner_node.as_ref() == Some(n));
+            let digest: Digest = mine.clone().map(|(k, v)| (k.clone(), v.revision)).collect();
+            let max = digest.iter().map(|(_, r)| *r).max().unwrap_or(0);
+            (mine.map(|(_, v)| v.clone()).collect(), digest, max)
+        }
+    })
+    .await?;
     Ok(json_at(
         StatusCode::OK,
         index,

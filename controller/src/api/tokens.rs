@@ -31,7 +31,12 @@ use crate::node::error_chain;
 use crate::tls;
 
 /// Paths served without a bearer token.
-pub const PUBLIC_PATHS: [&str; 3] = ["/v1/health", "/v1/ready", "/v1/cluster/join"];
+pub const PUBLIC_PATHS: [&str; 4] = [
+    "/v1/health",
+    "/v1/ready",
+    "/v1/cluster/join",
+    "/v1/nodes/join",
+];
 
 pub(super) fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -45,6 +50,8 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
 pub struct Caller {
     pub token_id: String,
     pub role: TokenRole,
+    /// The node a `node` token belongs to (its description is `node:<id>`).
+    pub node: Option<String>,
 }
 
 fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
@@ -63,7 +70,7 @@ fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
 /// Check a token on this replica. Only when its id is not known here does it look again at a
 /// linearizable state (a token created a moment ago through another controller may not be
 /// applied here yet), so a wrong secret for a known id costs no quorum round.
-async fn authenticate_fresh(
+pub(super) async fn authenticate_fresh(
     st: &ApiState,
     token: &str,
     now: u64,
@@ -100,10 +107,19 @@ pub(super) async fn require_token(
         unauthorized(e)
     })?;
     let read = req.method() == Method::GET || req.method() == Method::HEAD;
-    auth::authorize(record.token.role, read).map_err(|e| ApiError::forbidden(e.to_string()))?;
+    let node = auth::node_of(&record.token);
+    let node_write = record.token.role == TokenRole::Node
+        && !read
+        && node
+            .as_deref()
+            .is_some_and(|n| auth::node_may_write(n, req.method().as_str(), req.uri().path()));
+    if !node_write {
+        auth::authorize(record.token.role, read).map_err(|e| ApiError::forbidden(e.to_string()))?;
+    }
     req.extensions_mut().insert(Caller {
         token_id: record.token.id,
         role: record.token.role,
+        node,
     });
     Ok(next.run(req).await)
 }

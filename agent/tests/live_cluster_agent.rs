@@ -1,0 +1,665 @@
+//! Live test of the agent as a cluster member: a real `flotilla-controller` process (API on
+//! 127.0.0.1), the test registry with the busybox image (127.0.0.1), and the agent with its
+//! node network in a network namespace this test makes (node and container addresses in
+//! 198.18.0.0/15). The agent joins with a token, heartbeats, runs what is placed on it,
+//! reports state and IP, stops what is stopping, re-adopts its container after `kill -9`
+//! without a duplicate, and restarts an instance whose liveness probe fails until it gives up.
+//! Everything is removed at the end and checked.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::{json, Value};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_flotilla-agent");
+
+fn live() -> bool {
+    // SAFETY: plain syscall.
+    let root = unsafe { libc::geteuid() } == 0;
+    let bb = flotilla_runtime::rootfs::busybox_path();
+    let why = if !root {
+        Some("not root".to_string())
+    } else if !bb.is_file() {
+        Some(format!("no busybox at {}", bb.display()))
+    } else if !Path::new("/usr/bin/docker-registry").exists() {
+        Some("no docker-registry (deploy/install-deps.sh)".to_string())
+    } else {
+        None
+    };
+    match why {
+        None => true,
+        Some(w) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CI=true but this live test cannot run: {w}")
+        }
+        Some(w) => {
+            eprintln!("skipping live test: {w}");
+            false
+        }
+    }
+}
+
+/// The controller binary of this workspace, built now (a no-op when fresh) and copied to
+/// `into`: the target directory may be shared with other checkouts that build their own.
+fn controller_bin(into: &Path) -> Result<PathBuf> {
+    let dir = Path::new(AGENT).parent().context("binary directory")?;
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "-p",
+            "flotilla-controller",
+            "--bin",
+            "flotilla-controller",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .context("cannot run cargo build")?;
+    ensure!(status.success(), "cannot build flotilla-controller");
+    let bin = dir.join("flotilla-controller");
+    ensure!(bin.exists(), "{} missing", bin.display());
+    let copy = into.join("flotilla-controller");
+    std::fs::copy(&bin, &copy)?;
+    Ok(copy)
+}
+
+fn free_addr() -> Result<String> {
+    Ok(format!(
+        "127.0.0.1:{}",
+        TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()
+    ))
+}
+
+/// Everything the test made; removed on drop, whatever happened.
+struct World {
+    dir: tempfile::TempDir,
+    netns: String,
+    cgroup_parent: String,
+    controller: Option<Child>,
+    agent: Option<Child>,
+    agent_args: Vec<String>,
+}
+
+impl World {
+    fn netns_path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.netns))
+    }
+
+    fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    fn start_agent(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))?;
+        let before = self.agent_log().matches("\nready\n").count()
+            + usize::from(self.agent_log().starts_with("ready\n"));
+        let child = Command::new(AGENT)
+            .args(&self.agent_args)
+            .env("FLOTILLA_LOG", "info,flotilla_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot spawn the agent")?;
+        self.agent = Some(child);
+        wait_for("the agent to print ready", Duration::from_secs(60), || {
+            if let Some(c) = self.agent.as_mut() {
+                if let Some(s) = c.try_wait()? {
+                    bail!("the agent exited with {s}: {}", self.agent_log());
+                }
+            }
+            let log = self.agent_log();
+            Ok(log.matches("\nready\n").count() + usize::from(log.starts_with("ready\n")) > before)
+        })
+    }
+
+    fn kill_agent(&mut self, sig: i32) {
+        if let Some(mut c) = self.agent.take() {
+            // SAFETY: signalling the agent process this test started, by PID.
+            unsafe { libc::kill(c.id() as i32, sig) };
+            let _ = c.wait();
+        }
+    }
+
+    fn reap_orphans(&self) {
+        loop {
+            // SAFETY: reaping exited children of ours (shims re-parented to this subreaper).
+            let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+            if r <= 0 {
+                break;
+            }
+        }
+    }
+
+    fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        let mut v = vec![];
+        for h in ["memory", "pids", "cpu", "cpuacct", "devices", "freezer", ""] {
+            let p = Path::new("/sys/fs/cgroup")
+                .join(h)
+                .join(&self.cgroup_parent);
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                for e in rd.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if e.path().is_dir() && !name.starts_with("pool-") && name != "shims" {
+                        v.push(e.path());
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    fn containers_on_disk(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.path().join("state/runtime/containers"))
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.kill_agent(libc::SIGKILL);
+        if let Some(mut c) = self.controller.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Container processes left by a failed test: kill them through their cgroups.
+        for h in [
+            "memory", "pids", "cpu", "cpuacct", "devices", "freezer", "blkio", "cpuset", "systemd",
+            "",
+        ] {
+            let p = Path::new("/sys/fs/cgroup")
+                .join(h)
+                .join(&self.cgroup_parent);
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                for e in rd.flatten() {
+                    if let Ok(procs) = std::fs::read_to_string(e.path().join("cgroup.procs")) {
+                        for pid in procs
+                            .split_whitespace()
+                            .filter_map(|p| p.parse::<i32>().ok())
+                        {
+                            // SAFETY: processes in this test's own cgroup.
+                            unsafe { libc::kill(pid, libc::SIGKILL) };
+                        }
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        self.reap_orphans();
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg("-l")
+            .arg(self.dir.path().join("state"))
+            .stderr(Stdio::null())
+            .status();
+        for h in [
+            "memory", "pids", "cpu", "cpuacct", "devices", "freezer", "blkio", "cpuset", "systemd",
+            "",
+        ] {
+            let p = Path::new("/sys/fs/cgroup")
+                .join(h)
+                .join(&self.cgroup_parent);
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                for e in rd.flatten() {
+                    if e.path().is_dir() {
+                        let _ = std::fs::remove_dir(e.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(&p);
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .stderr(Stdio::null())
+            .status();
+        self.reap_orphans();
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last_err = None;
+    loop {
+        match f() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => {
+                if e.to_string().contains("exited with") {
+                    return Err(e);
+                }
+                last_err = Some(e);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what} (last error: {last_err:?})");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The controller's REST API over TLS, trusting the cluster CA.
+struct Api {
+    rt: tokio::runtime::Runtime,
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value)> {
+        self.rt.block_on(async {
+            let mut req = self
+                .http
+                .request(method, format!("{}{path}", self.base))
+                .bearer_auth(&self.token)
+                .timeout(Duration::from_secs(20));
+            if let Some(b) = body {
+                req = req.json(&b);
+            }
+            let resp = req.send().await?;
+            let status = resp.status().as_u16();
+            let text = resp.text().await?;
+            let v = if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).with_context(|| format!("{path}: {text}"))?
+            };
+            Ok((status, v))
+        })
+    }
+
+    fn ok(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+        let (s, v) = self.call(method, path, body)?;
+        ensure!((200..300).contains(&s), "{path}: {s} {v}");
+        Ok(v)
+    }
+
+    fn get(&self, path: &str) -> Result<Value> {
+        self.ok(reqwest::Method::GET, path, None)
+    }
+
+    fn command(&self, command: Value) -> Result<Value> {
+        let v = self.ok(
+            reqwest::Method::POST,
+            "/v1/commands",
+            Some(json!({"v": 1, "command": command})),
+        )?;
+        ensure!(v["result"]["outcome"] == "applied", "command refused: {v}");
+        Ok(v)
+    }
+
+    fn instance(&self, id: &str) -> Result<Value> {
+        self.get(&format!("/v1/instances/{id}"))
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Containers of the agent labelled with `instance`, from its local API.
+fn local_containers(w: &World, instance: &str) -> Result<Vec<flotilla_api::ContainerInfo>> {
+    let out = Command::new(AGENT)
+        .arg("--socket")
+        .arg(w.dir.path().join("agent.sock"))
+        .args(["ps", "-o", "json"])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "ps: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all: Vec<flotilla_api::ContainerInfo> = serde_json::from_slice(&out.stdout)?;
+    Ok(all
+        .into_iter()
+        .filter(|c| c.labels.get("flotilla.instance").map(String::as_str) == Some(instance))
+        .collect())
+}
+
+#[test]
+fn live_cluster_agent_joins_runs_reports_stops_readopts_and_restarts_on_liveness() -> Result<()> {
+    if !live() {
+        return Ok(());
+    }
+    // Shims of a killed agent are re-parented to us, not to a PID 1 that may not reap them.
+    // SAFETY: plain prctl.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let pid = std::process::id();
+    let dir = tempfile::Builder::new()
+        .prefix("flotilla-cluster-agent-")
+        .tempdir()?;
+    let mut w = World {
+        dir,
+        netns: format!("flt-ca-{pid}"),
+        cgroup_parent: format!("flotilla-cluster-agent-test-{pid}"),
+        controller: None,
+        agent: None,
+        agent_args: vec![],
+    };
+
+    // The node's host: a network namespace with its loopback up.
+    ensure!(Command::new("ip")
+        .args(["netns", "add", &w.netns])
+        .status()?
+        .success());
+    ensure!(Command::new("ip")
+        .args(["-n", &w.netns, "link", "set", "lo", "up"])
+        .status()?
+        .success());
+
+    // The controller.
+    let bin = controller_bin(w.dir.path())?;
+    let (raft, api_addr) = (free_addr()?, free_addr()?);
+    let cdir = w.dir.path().join("c1");
+    w.controller = Some(
+        Command::new(&bin)
+            .args(["--id", "1", "--raft-addr", &raft, "--api-addr", &api_addr])
+            .arg("--data-dir")
+            .arg(&cdir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot spawn flotilla-controller")?,
+    );
+    wait_for(
+        "the controller's admin token",
+        Duration::from_secs(30),
+        || Ok(cdir.join("admin.token").exists() && cdir.join("tls/ca.crt").exists()),
+    )?;
+    let ca_pem = std::fs::read_to_string(cdir.join("tls/ca.crt"))?;
+    let ca_hash = flotilla_agent::cluster::tls::ca_hash(&ca_pem)?;
+    let admin = std::fs::read_to_string(cdir.join("admin.token"))?
+        .trim()
+        .to_owned();
+    let api = Api {
+        rt: tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?,
+        http: reqwest::Client::builder()
+            .no_proxy()
+            .tls_backend_preconfigured(flotilla_agent::cluster::tls::ca_client_config(&ca_pem)?)
+            .build()?,
+        base: format!("https://{api_addr}"),
+        token: admin,
+    };
+    wait_for("the controller's api", Duration::from_secs(30), || {
+        Ok(api.get("/v1/nodes").is_ok())
+    })?;
+    let doc = api.get("/v1/openapi.json")?;
+    ensure!(
+        doc["paths"]["/v1/nodes/join"].is_object(),
+        "{} is a controller without the node join endpoint (another checkout's build?)",
+        bin.display()
+    );
+
+    // The registry with the busybox image built by our own code.
+    let layout = w.dir.path().join("layout");
+    flotilla_image::testimage::build_busybox_oci_layout(
+        &flotilla_runtime::rootfs::busybox_path(),
+        &layout,
+        "1",
+    )?;
+    let reg = flotilla_image::testregistry::TestRegistry::start_plain()?;
+    let image = reg.reference("test/busybox:1");
+    api.rt.block_on(flotilla_image::registry::push_oci_layout(
+        &layout,
+        None,
+        &image,
+        &reg.options(flotilla_image::RegistryAuth::Anonymous),
+    ))?;
+
+    // A bad join is refused with the controller's reason and leaves no identity.
+    let subnet_octet = 100 + pid % 100;
+    let advertise = format!("198.18.{subnet_octet}.1:7443");
+    let subnet = format!("198.18.{subnet_octet}.0/24");
+    let bridge = format!("fc{}", pid % 100_000);
+    let base_args = |token: &str| -> Vec<String> {
+        let mut v: Vec<String> = vec![
+            "--socket".into(),
+            w.dir.path().join("agent.sock").display().to_string(),
+            "serve".into(),
+            "--root".into(),
+            w.dir.path().join("state").display().to_string(),
+            "--cgroup-parent".into(),
+            w.cgroup_parent.clone(),
+            "--subnet".into(),
+            subnet.clone(),
+            "--bridge".into(),
+            bridge.clone(),
+            "--node-netns".into(),
+            w.netns_path().display().to_string(),
+            "--registry-insecure".into(),
+            reg.addr.clone(),
+        ];
+        v.extend(
+            [
+                "--join",
+                &format!("https://{api_addr}"),
+                "--token",
+                token,
+                "--ca-cert-hash",
+                &ca_hash,
+                "--node-id",
+                "n1",
+                "--advertise",
+                &advertise,
+                "--label",
+                "zone=a",
+            ]
+            .map(str::to_owned),
+        );
+        v
+    };
+    let bad = Command::new(AGENT)
+        .args(base_args("abcdef.0123456789abcdef"))
+        .output()?;
+    ensure!(!bad.status.success(), "joined with a forged token");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    ensure!(err.contains("refused the join"), "{err}");
+    ensure!(
+        !w.dir.path().join("state/cluster/identity.json").exists(),
+        "identity written by a refused join"
+    );
+
+    // Join with a real token.
+    let tok = api.ok(
+        reqwest::Method::POST,
+        "/v1/tokens",
+        Some(json!({"role": "node_join"})),
+    )?;
+    let token = tok["token"].as_str().context("token")?.to_owned();
+    w.agent_args = base_args(&token);
+    w.start_agent()?;
+    let node = api.get("/v1/nodes/n1")?;
+    ensure!(node["address"] == advertise.as_str(), "{node}");
+    ensure!(node["labels"]["zone"] == "a", "{node}");
+    let ident = w.dir.path().join("state/cluster/identity.json");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&ident)?.permissions());
+    ensure!(mode & 0o077 == 0, "identity.json mode {mode:o}");
+    // Heartbeats renew the lease and report the node's features.
+    let seq = |n: &Value| {
+        (
+            n["lease"]["leaderTerm"].as_u64(),
+            n["lease"]["seq"].as_u64(),
+        )
+    };
+    wait_for("a lease", Duration::from_secs(10), || {
+        Ok(api.get("/v1/nodes/n1")?["lease"].is_object())
+    })?;
+    let first = seq(&api.get("/v1/nodes/n1")?);
+    wait_for("lease renewals", Duration::from_secs(10), || {
+        Ok(seq(&api.get("/v1/nodes/n1")?) > first)
+    })?;
+    let node = api.get("/v1/nodes/n1")?;
+    ensure!(node["features"]["cgroup"].is_string(), "{node}");
+    ensure!(node["capacity"]["cpuMillis"].as_u64() > Some(0), "{node}");
+
+    // A workload and a placement on n1 (raw command: the leader's scheduler is not needed).
+    api.ok(
+        reqwest::Method::PUT,
+        "/v1/workloads/web",
+        Some(json!({"image": image, "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"],
+            "replicas": 1, "stopGraceMs": 3000, "env": {"GREETING": "hi"}})),
+    )?;
+    api.command(
+        json!({"type": "put_instance_placement", "instanceId": "web-0",
+        "workload": "web", "ownerNode": "n1", "atMs": now_ms()}),
+    )?;
+    wait_for(
+        "web-0 running with an address",
+        Duration::from_secs(60),
+        || {
+            let i = api.instance("web-0")?;
+            Ok(i["phase"] == "running"
+                && i["observed"]["state"] == "running"
+                && i["observed"]["ready"] == true
+                && i["observed"]["ip"]
+                    .as_str()
+                    .is_some_and(|ip| ip.starts_with(&format!("198.18.{subnet_octet}."))))
+        },
+    )
+    .with_context(|| w.agent_log())?;
+    let local = local_containers(&w, "web-0")?;
+    ensure!(local.len() == 1, "{local:?}");
+    ensure!(local[0].status == "running" && local[0].labels["flotilla.epoch"] == "1");
+    let pid_before = local[0].pid;
+    let ip = api.instance("web-0")?["observed"]["ip"]
+        .as_str()
+        .context("ip")?
+        .to_owned();
+    ensure!(local[0].ip.as_deref() == Some(ip.as_str()));
+
+    // kill -9 the agent and start it again: it re-adopts, never duplicates.
+    w.kill_agent(libc::SIGKILL);
+    w.reap_orphans();
+    w.start_agent()?;
+    std::thread::sleep(Duration::from_secs(3));
+    let local = local_containers(&w, "web-0")?;
+    ensure!(local.len() == 1, "duplicate after restart: {local:?}");
+    ensure!(
+        local[0].pid == pid_before && local[0].status == "running",
+        "the container was replaced: {local:?}"
+    );
+    ensure!(
+        w.containers_on_disk().len() == 1,
+        "{:?}",
+        w.containers_on_disk()
+    );
+    let after = seq(&api.get("/v1/nodes/n1")?);
+    wait_for(
+        "heartbeats after the restart",
+        Duration::from_secs(10),
+        || Ok(seq(&api.get("/v1/nodes/n1")?) > after),
+    )?;
+    ensure!(api.instance("web-0")?["observed"]["state"] == "running");
+
+    // Stopping: SIGTERM (the trap exits), report stopped, container removed.
+    let epoch = api.instance("web-0")?["epoch"].as_u64().context("epoch")?;
+    api.command(
+        json!({"type": "change_instance_owner", "instanceId": "web-0",
+        "expectEpoch": epoch, "newOwner": "n1", "phase": "stopping", "atMs": now_ms()}),
+    )?;
+    wait_for("web-0 stopped", Duration::from_secs(30), || {
+        let i = api.instance("web-0")?;
+        Ok(i["phase"] == "stopped" && i["observed"]["state"] == "stopped")
+    })
+    .with_context(|| w.agent_log())?;
+    wait_for("web-0's container removed", Duration::from_secs(10), || {
+        Ok(local_containers(&w, "web-0")?.is_empty())
+    })?;
+
+    // A failing liveness probe: restarted (counted), then failed after the budget.
+    api.ok(
+        reqwest::Method::PUT,
+        "/v1/workloads/sick",
+        Some(json!({"image": image, "command": ["sleep", "1000"], "replicas": 1, "stopGraceMs": 500,
+            "liveness": {"exec": {"command": ["sh", "-c", "exit 1"]}, "periodMs": 300, "failureThreshold": 2}})),
+    )?;
+    api.command(
+        json!({"type": "put_instance_placement", "instanceId": "sick-0",
+        "workload": "sick", "ownerNode": "n1", "atMs": now_ms()}),
+    )?;
+    wait_for("sick-0 restarted twice", Duration::from_secs(60), || {
+        Ok(api.instance("sick-0")?["observed"]["restarts"].as_u64() >= Some(2))
+    })
+    .with_context(|| w.agent_log())?;
+    ensure!(
+        local_containers(&w, "sick-0")?.len() <= 1,
+        "two containers for one instance"
+    );
+    wait_for(
+        "sick-0 failed after 5 restarts",
+        Duration::from_secs(90),
+        || {
+            let i = api.instance("sick-0")?;
+            Ok(i["phase"] == "failed" && i["observed"]["restarts"] == 5)
+        },
+    )
+    .with_context(|| w.agent_log())?;
+    wait_for(
+        "sick-0's container removed",
+        Duration::from_secs(10),
+        || Ok(local_containers(&w, "sick-0")?.is_empty()),
+    )?;
+
+    // An instance taken away (moved to another node): the agent removes its container.
+    api.command(
+        json!({"type": "put_instance_placement", "instanceId": "web-1",
+        "workload": "web", "ownerNode": "n1", "atMs": now_ms()}),
+    )?;
+    wait_for("web-1 running", Duration::from_secs(30), || {
+        Ok(local_containers(&w, "web-1")?
+            .iter()
+            .any(|c| c.status == "running"))
+    })?;
+    api.command(
+        json!({"type": "put_instance_placement", "instanceId": "web-1",
+        "workload": "web", "ownerNode": "elsewhere", "atMs": now_ms()}),
+    )?;
+    wait_for("web-1's container removed", Duration::from_secs(30), || {
+        Ok(local_containers(&w, "web-1")?.is_empty())
+    })
+    .with_context(|| w.agent_log())?;
+
+    // Nothing left: no containers, mounts or cgroups of ours; then the processes and namespace.
+    ensure!(
+        w.containers_on_disk().is_empty(),
+        "{:?}",
+        w.containers_on_disk()
+    );
+    w.kill_agent(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(200));
+    w.reap_orphans();
+    let mi = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let d = w.dir.path().display().to_string();
+    let mounts: Vec<&str> = mi.lines().filter(|l| l.contains(&d)).collect();
+    ensure!(mounts.is_empty(), "mounts left: {mounts:?}");
+    let cg = w.cgroup_dirs();
+    ensure!(cg.is_empty(), "cgroups left: {cg:?}");
+    let ns = w.netns.clone();
+    drop(reg);
+    drop(w);
+    ensure!(
+        !Path::new(&format!("/run/netns/{ns}")).exists(),
+        "network namespace left"
+    );
+    Ok(())
+}

@@ -1,0 +1,489 @@
+//! The endpoints agents call (docs/cluster-protocol.md): node join, heartbeats (the node
+//! lease) and instance status reports, plus the `?node=` filter of the instance list.
+//!
+//! * `POST /v1/nodes/join` is public; its join token (role `node_join`) is in the body and is
+//!   consumed by a compare-and-set on its revision, like a controller join: of two joins with
+//!   one token exactly one succeeds.
+//! * Heartbeats and reports need the node's own API token (role `node`, description
+//!   `node:<id>`); `require_token` lets a node write only these paths, and the handlers check
+//!   that the path's node is the caller (heartbeat) and the state machine that the caller owns
+//!   the instance at the reported epoch (report).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Extension;
+use flotilla_api::cluster::{
+    Command, CommandResult, NodeHeartbeat, NodeInfo, NodeLease, PutToken, RegisterNode,
+    ReportInstanceState, RevokeToken, TokenInfo, TokenRole, UpdateNode,
+};
+use flotilla_api::rest::{
+    InstanceStatusReport, NodeHeartbeatRequest, NodeHeartbeatResponse, NodeJoinRequest,
+    NodeJoinResponse, Problem,
+};
+use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::extract::{JsonBody, ReadQuery};
+use super::problem::ApiError;
+use super::tokens::{authenticate_fresh, Caller};
+use super::{json_at, now_ms, validate, ApiState};
+use crate::auth::{self, AuthError};
+use crate::node::error_chain;
+
+/// How often agents heartbeat.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 1_000;
+/// How long a lease lasts without renewal (counted by the leader on its own clock).
+pub const LEASE_TTL_MS: u64 = 5_000;
+/// Features an agent may report, and their longest key and value.
+const MAX_FEATURES: usize = 64;
+const MAX_FEATURE_LEN: usize = 256;
+
+pub(super) fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(join_node))
+        .routes(routes!(heartbeat))
+        .routes(routes!(report_status))
+}
+
+/// Query of `GET /v1/instances`: the read parameters plus `node`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct InstanceListQuery {
+    /// Read this controller's replica without the read-index round (may lag).
+    #[serde(default)]
+    pub stale: bool,
+    /// Blocking query: answer once the result changes past this index.
+    #[serde(default)]
+    pub index: Option<u64>,
+    /// How long a blocking query may wait (`30s`, `500ms`, `2m`; at most 10 minutes).
+    #[serde(default)]
+    pub wait: Option<String>,
+    /// Only instances owned by this node (an agent's assignments).
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+impl InstanceListQuery {
+    pub(super) fn split(self) -> Result<(ReadQuery, Option<String>), ApiError> {
+        if let Some(n) = &self.node {
+            validate::path_subdomain("node", n)?;
+        }
+        Ok((
+            ReadQuery {
+                stale: self.stale,
+                index: self.index,
+                wait: self.wait,
+            },
+            self.node,
+        ))
+    }
+}
+
+fn features(field: &str, f: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    if f.len() > MAX_FEATURES {
+        return Err(ApiError::invalid(
+            field,
+            format!("more than {MAX_FEATURES} features"),
+        ));
+    }
+    for (k, v) in f {
+        let bad = |s: &str| s.len() > MAX_FEATURE_LEN || s.chars().any(char::is_control);
+        if k.is_empty() || bad(k) || bad(v) {
+            return Err(ApiError::invalid(
+                format!("{field}.{k}"),
+                format!("feature names and values are 1-{MAX_FEATURE_LEN} characters without control characters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn capacity(field: &str, c: &flotilla_api::cluster::Capacity) -> Result<(), ApiError> {
+    if c.cpu_millis == 0 {
+        return Err(ApiError::invalid(
+            format!("{field}.cpuMillis"),
+            "must be at least 1",
+        ));
+    }
+    if c.memory_bytes < (1 << 20) {
+        return Err(ApiError::invalid(
+            format!("{field}.memoryBytes"),
+            "must be at least 1 MiB",
+        ));
+    }
+    Ok(())
+}
+
+/// Join as a node: trade a node join token and a CSR for a node certificate and API token.
+#[utoipa::path(post, path = "/v1/nodes/join", tag = "agents", request_body = NodeJoinRequest, security(()),
+    responses(
+        (status = 201, description = "joined", body = NodeJoinResponse),
+        (status = "4XX", description = "the request is refused (problem document naming the field); 409 when the node id is taken", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the cluster cannot answer now (no quorum, timeout)", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn join_node(
+    State(st): State<ApiState>,
+    JsonBody(req): JsonBody<NodeJoinRequest>,
+) -> Result<Response, ApiError> {
+    validate::label("nodeId", &req.node_id)?;
+    validate::host_port("address", &req.address)?;
+    let (host, _) = req.address.rsplit_once(':').unwrap_or_default();
+    let ip: IpAddr = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| {
+            ApiError::invalid(
+                "address",
+                "the node address must be an IP address and port (it goes into the certificate)",
+            )
+        })?;
+    validate::labels("labels", req.labels.iter())?;
+    capacity("capacity", &req.capacity)?;
+    features("features", &req.features)?;
+    if req.csr.len() > 16 * 1024 {
+        return Err(ApiError::invalid("csr", "longer than 16 KiB"));
+    }
+
+    let refused = |e: AuthError| {
+        tracing::warn!(node = %req.node_id, error = %e, "node join refused");
+        ApiError::unauthorized(format!("join refused: {e}")).with_field("token")
+    };
+    let now = now_ms();
+    let record = authenticate_fresh(&st, &req.token, now)
+        .await?
+        .map_err(refused)?;
+    if record.token.role != TokenRole::NodeJoin {
+        return Err(refused(AuthError::WrongRole {
+            role: record.token.role,
+            what: "join a node",
+        }));
+    }
+    let taken = |id: &str| {
+        ApiError::conflict(format!("node {id} is already registered")).with_field("nodeId")
+    };
+    if st
+        .node
+        .read_linearizable(|s| s.nodes.contains_key(&req.node_id))
+        .await?
+    {
+        return Err(taken(&req.node_id));
+    }
+    let ca = st.ca.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-ca-key",
+            "this controller holds no cluster ca key; join through another controller",
+        )
+    })?;
+    let certificate = ca
+        .sign_node_csr(&req.csr, &req.node_id, &[ip.to_string()])
+        .map_err(|e| {
+            ApiError::invalid("csr", format!("cannot sign the csr: {}", error_chain(&e)))
+        })?;
+
+    // Consume the token: exactly one join wins the compare-and-set.
+    let consume = Command::PutToken(PutToken {
+        token: TokenInfo {
+            expires_at_ms: Some(now),
+            description: format!("used by node {} ({})", req.node_id, req.address),
+            ..record.token.clone()
+        },
+        expect_revision: Some(record.revision),
+        at_ms: now,
+    });
+    match st.node.propose(consume).await?.result {
+        CommandResult::Applied { .. } => {}
+        CommandResult::Conflict { .. } => return Err(refused(AuthError::Revoked)),
+        other => {
+            return Err(ApiError::conflict(format!(
+                "join token not consumed: {other:?}"
+            )))
+        }
+    }
+    let revoke = Command::RevokeToken(RevokeToken {
+        id: record.token.id.clone(),
+        at_ms: now,
+    });
+    if let Err(e) = st.node.propose(revoke).await {
+        tracing::warn!(token_id = %record.token.id, error = %e, "used join token not marked revoked (it is expired)");
+    }
+
+    let register = Command::RegisterNode(RegisterNode {
+        node: NodeInfo {
+            id: req.node_id.clone(),
+            address: req.address.clone(),
+            labels: req.labels.clone(),
+            capacity: req.capacity.clone(),
+            features: req.features.clone(),
+        },
+        // Two joins racing for one id: the second finds it taken.
+        expect_revision: Some(0),
+        at_ms: now,
+    });
+    let revision = match st.node.propose(register).await?.result {
+        CommandResult::Applied { revision } => revision,
+        CommandResult::Conflict { .. } => return Err(taken(&req.node_id)),
+        other => {
+            return Err(ApiError::conflict(format!(
+                "node not registered: {other:?}"
+            )))
+        }
+    };
+    let token = auth::create_token(
+        &st.node,
+        TokenRole::Node,
+        None,
+        format!("{}{}", auth::NODE_TOKEN_PREFIX, req.node_id),
+        now,
+    )
+    .await
+    .map_err(|e| match e {
+        auth::CreateTokenError::Write(c) => ApiError::from(c),
+        other => ApiError::internal(error_chain(&other)),
+    })?;
+    st.wait_applied(token.revision.max(revision)).await?;
+    let controllers = st
+        .node
+        .members()
+        .into_iter()
+        .map(|m| format!("https://{}", m.addr.api_addr))
+        .collect();
+    tracing::info!(node = %req.node_id, address = %req.address, token_id = %record.token.id, "node joined");
+    let body = NodeJoinResponse {
+        node_id: req.node_id,
+        certificate,
+        ca_certificate: ca.cert_pem().to_owned(),
+        api_token: token.token,
+        controllers,
+        heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
+        lease_ttl_ms: LEASE_TTL_MS,
+    };
+    Ok(json_at(StatusCode::CREATED, token.revision, None, &body))
+}
+
+/// The caller's node, which must be `id`.
+fn own_node(caller: &Caller, id: &str) -> Result<String, ApiError> {
+    match &caller.node {
+        Some(n) if n == id => Ok(n.clone()),
+        Some(n) => Err(ApiError::forbidden(format!(
+            "the token of node {n} cannot act for node {id}"
+        ))),
+        None => Err(ApiError::forbidden(format!(
+            "only the node's own token (role node) may do this; this token has role {:?}",
+            caller.role
+        ))),
+    }
+}
+
+/// The last `(bootId, seq)` each node sent to this controller: a replayed or reordered
+/// heartbeat is refused here (a replay through another controller only renews the lease
+/// again, which is harmless).
+static LAST_BEAT: Mutex<BTreeMap<String, (String, u64)>> = Mutex::new(BTreeMap::new());
+
+/// Renew the node's lease; refresh its capacity and features when they changed.
+#[utoipa::path(post, path = "/v1/nodes/{id}/heartbeat", tag = "agents", request_body = NodeHeartbeatRequest,
+    params(("id" = String, Path, description = "the node id")),
+    responses(
+        (status = 200, description = "renewed", body = NodeHeartbeatResponse),
+        (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the cluster cannot answer now (no quorum, timeout)", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn heartbeat(
+    State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<NodeHeartbeatRequest>,
+) -> Result<Response, ApiError> {
+    validate::path_subdomain("id", &id)?;
+    let node_id = own_node(&caller, &id)?;
+    if let Some(c) = &req.capacity {
+        capacity("capacity", c)?;
+    }
+    if let Some(f) = &req.features {
+        features("features", f)?;
+    }
+    {
+        let mut last = LAST_BEAT.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((boot, seq)) = last.get(&node_id) {
+            if *boot == req.boot_id && req.seq <= *seq {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "stale-heartbeat",
+                    format!(
+                        "heartbeat {} of boot {} is not newer than {seq}",
+                        req.seq, req.boot_id
+                    ),
+                )
+                .with_field("seq"));
+            }
+        }
+        last.insert(node_id.clone(), (req.boot_id.clone(), req.seq));
+    }
+    let mut revision = 0;
+    // A concurrent renewal can take the same (term, seq): recompute and try again once.
+    for attempt in 0..2 {
+        let term = st.node.metrics().current_term;
+        let old = st
+            .node
+            .read_stale(|s| s.nodes.get(&node_id).map(|n| n.lease.clone()));
+        let Some(old) = old else {
+            return Err(ApiError::not_found(format!("node {node_id}")));
+        };
+        let (leader_term, seq) = match old {
+            Some(l) if l.leader_term >= term => (l.leader_term, l.seq + 1),
+            _ => (term, 1),
+        };
+        let now = now_ms();
+        let cmd = Command::NodeHeartbeat(NodeHeartbeat {
+            node_id: node_id.clone(),
+            lease: NodeLease {
+                leader_term,
+                seq,
+                ttl_ms: LEASE_TTL_MS,
+                renewed_at_ms: now,
+            },
+            at_ms: now,
+        });
+        match st.node.propose(cmd).await?.result {
+            CommandResult::Applied { revision: r } => {
+                revision = r;
+                break;
+            }
+            CommandResult::Rejected { reason } if attempt == 0 => {
+                tracing::debug!(node = %node_id, reason, "lease renewal raced, retrying");
+                st.wait_applied(st.node.applied_index()).await?;
+            }
+            CommandResult::NotFound { .. } => {
+                return Err(ApiError::not_found(format!("node {node_id}")))
+            }
+            other => return Err(ApiError::conflict(format!("lease not renewed: {other:?}"))),
+        }
+    }
+    let changed = st.node.read_stale(|s| {
+        s.nodes.get(&node_id).map(|n| {
+            (
+                req.capacity.clone().filter(|c| *c != n.info.capacity),
+                req.features.clone().filter(|f| *f != n.info.features),
+            )
+        })
+    });
+    if let Some((cap, feat)) = changed {
+        if cap.is_some() || feat.is_some() {
+            let cmd = Command::UpdateNode(UpdateNode {
+                id: node_id.clone(),
+                address: None,
+                labels: None,
+                capacity: cap,
+                features: feat,
+                schedulable: None,
+                expect_revision: None,
+                at_ms: now_ms(),
+            });
+            if let CommandResult::Applied { revision: r } = st.node.propose(cmd).await?.result {
+                revision = r;
+            }
+        }
+    }
+    Ok(json_at(
+        StatusCode::OK,
+        revision,
+        None,
+        &NodeHeartbeatResponse {
+            revision,
+            heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
+            lease_ttl_ms: LEASE_TTL_MS,
+        },
+    ))
+}
+
+/// Report what the owning agent observes of an instance. 409 `stale-epoch` when the epoch is
+/// not the current one or the caller does not own the instance: the agent must stop it.
+#[utoipa::path(put, path = "/v1/instances/{id}/status", tag = "agents", request_body = InstanceStatusReport,
+    params(("id" = String, Path, description = "the instance id")),
+    responses(
+        (status = 200, description = "recorded", body = flotilla_api::cluster::InstanceRecord),
+        (status = "4XX", description = "the request is refused (problem document naming the field); 409 `stale-epoch` when fenced", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the cluster cannot answer now (no quorum, timeout)", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn report_status(
+    State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<InstanceStatusReport>,
+) -> Result<Response, ApiError> {
+    validate::path_subdomain("id", &id)?;
+    let node_id = caller.node.clone().ok_or_else(|| {
+        ApiError::forbidden("only the owning node's token (role node) reports instance status")
+    })?;
+    if let Some(ip) = &req.ip {
+        ip.parse::<IpAddr>()
+            .map_err(|_| ApiError::invalid("ip", format!("{ip:?} is not an IP address")))?;
+    }
+    if let Some(e) = &req.exit {
+        if e.message.len() > 1024 {
+            return Err(ApiError::invalid("exit.message", "longer than 1024 bytes"));
+        }
+    }
+    let cmd = Command::ReportInstanceState(ReportInstanceState {
+        instance_id: id.clone(),
+        node_id: node_id.clone(),
+        epoch: req.epoch,
+        state: req.state,
+        exit: req.exit,
+        ip: req.ip,
+        ready: req.ready,
+        restarts: req.restarts,
+        at_ms: now_ms(),
+    });
+    let revision = match st.node.propose(cmd).await?.result {
+        CommandResult::Applied { revision } => revision,
+        CommandResult::StaleEpoch { current } => {
+            let mut e = ApiError::new(
+                StatusCode::CONFLICT,
+                "stale-epoch",
+                format!(
+                    "node {node_id} does not own instance {id} at epoch {} (current epoch {current})",
+                    req.epoch
+                ),
+            )
+            .with_field("epoch");
+            e.current_revision = None;
+            return Err(e);
+        }
+        CommandResult::NotFound { .. } => {
+            return Err(ApiError::not_found(format!("instance {id}")))
+        }
+        other => return Err(ApiError::conflict(format!("report refused: {other:?}"))),
+    };
+    st.wait_applied(revision).await?;
+    let (index, item) = st.snapshot(|s| s.instances.get(&id).cloned());
+    let item = item.ok_or_else(|| ApiError::not_found(format!("instance {id}")))?;
+    Ok(json_at(StatusCode::OK, index, Some(item.revision), &item))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_and_features_are_checked_naming_the_field() {
+        let c = flotilla_api::cluster::Capacity {
+            cpu_millis: 0,
+            memory_bytes: 1 << 30,
+        };
+        let e = capacity("capacity", &c).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("capacity.cpuMillis"));
+        let mut f = BTreeMap::new();
+        f.insert("criu".to_owned(), "x\u{7}".to_owned());
+        let e = features("features", &f).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("features.criu"));
+    }
+}
