@@ -561,7 +561,8 @@ pub enum ProbeAction {
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadRecord {
     pub spec: WorkloadSpec,
-    /// Bumped whenever the spec changes (the update strategy rolls instances to it).
+    /// Bumped whenever the spec changes other than `replicas` and `updateStrategy` (the
+    /// update strategy rolls instances to it).
     pub generation: u64,
     /// What the leader's reconcile loop last observed and decided (committed when it changes).
     #[serde(default)]

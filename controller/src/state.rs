@@ -229,7 +229,15 @@ impl ClusterState {
         }
         let (record, reason) = match existing {
             Some(old) => {
-                let generation = if old.spec == c.spec {
+                // The generation tracks what instances run: scaling or retuning the update
+                // strategy rolls nothing.
+                let template = |s: &flotilla_api::cluster::WorkloadSpec| {
+                    let mut s = s.clone();
+                    s.replicas = 0;
+                    s.update_strategy = Default::default();
+                    s
+                };
+                let generation = if template(&old.spec) == template(&c.spec) {
                     old.generation
                 } else {
                     old.generation + 1
