@@ -75,6 +75,11 @@ pub enum Command {
     AdvanceMigration(AdvanceMigration),
     PutToken(PutToken),
     RevokeToken(RevokeToken),
+    PlaceInstances(PlaceInstances),
+    StopInstances(StopInstances),
+    DeleteInstances(DeleteInstances),
+    SetWorkloadStatus(SetWorkloadStatus),
+    SetNodeDraining(SetNodeDraining),
 }
 
 impl Command {
@@ -97,6 +102,11 @@ impl Command {
             Command::AdvanceMigration(c) => c.at_ms,
             Command::PutToken(c) => c.at_ms,
             Command::RevokeToken(c) => c.at_ms,
+            Command::PlaceInstances(c) => c.at_ms,
+            Command::StopInstances(c) => c.at_ms,
+            Command::DeleteInstances(c) => c.at_ms,
+            Command::SetWorkloadStatus(c) => c.at_ms,
+            Command::SetNodeDraining(c) => c.at_ms,
         }
     }
 
@@ -126,6 +136,29 @@ impl Command {
             ],
             Command::PutToken(c) => vec![ObjectKey::Token(c.token.id.clone())],
             Command::RevokeToken(c) => vec![ObjectKey::Token(c.id.clone())],
+            Command::PlaceInstances(c) => c
+                .instances
+                .iter()
+                .map(|i| ObjectKey::Instance(i.instance_id.clone()))
+                .collect(),
+            Command::StopInstances(c) => c
+                .instance_ids
+                .iter()
+                .cloned()
+                .map(ObjectKey::Instance)
+                .collect(),
+            Command::DeleteInstances(c) => c
+                .instance_ids
+                .iter()
+                .cloned()
+                .map(ObjectKey::Instance)
+                .collect(),
+            Command::SetWorkloadStatus(c) => c
+                .statuses
+                .iter()
+                .map(|s| ObjectKey::Workload(s.workload.clone()))
+                .collect(),
+            Command::SetNodeDraining(c) => vec![ObjectKey::Node(c.id.clone())],
         }
     }
 }
@@ -233,10 +266,27 @@ pub struct NodeRecord {
     pub info: NodeInfo,
     /// False when cordoned.
     pub schedulable: bool,
+    /// Being drained: no placements, its instances are replaced elsewhere and then stopped.
+    /// Cleared by an uncordon.
+    #[serde(default)]
+    pub draining: bool,
     pub lease: Option<NodeLease>,
     pub registered_at_ms: u64,
     pub updated_at_ms: u64,
     pub revision: u64,
+    /// Whether the lease is valid, computed by the controller that answers a read (its clock);
+    /// never set in the replicated state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
+}
+
+impl NodeRecord {
+    /// The lease is valid at `now_ms` (the leader's clock): renewed at most `ttlMs` ago.
+    pub fn lease_valid(&self, now_ms: u64) -> bool {
+        self.lease
+            .as_ref()
+            .is_some_and(|l| l.renewed_at_ms.saturating_add(l.ttl_ms) > now_ms)
+    }
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -511,8 +561,15 @@ pub enum ProbeAction {
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadRecord {
     pub spec: WorkloadSpec,
-    /// Bumped whenever the spec changes (the update strategy rolls instances to it).
+    /// Bumped whenever the spec changes other than `replicas` and `updateStrategy` (the
+    /// update strategy rolls instances to it).
     pub generation: u64,
+    /// What the leader's reconcile loop last observed and decided (committed when it changes).
+    #[serde(default)]
+    pub status: Option<WorkloadStatus>,
+    /// Deleted while instances remained: they are being stopped, then the workload goes.
+    #[serde(default)]
+    pub deleting: bool,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
     pub revision: u64,
@@ -528,6 +585,9 @@ pub struct PutWorkload {
     pub at_ms: u64,
 }
 
+/// Removes a workload without instances. A workload that still has instances is marked
+/// `deleting` instead: the leader stops its instances gracefully, deletes them, then deletes
+/// the workload again.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -535,6 +595,64 @@ pub struct DeleteWorkload {
     pub name: String,
     #[serde(default)]
     pub expect_revision: Option<u64>,
+    pub at_ms: u64,
+}
+
+/// The observed state of a workload, as the leader's reconcile loop computes it. Contains no
+/// time, so an unchanged situation gives an equal status and commits nothing.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadStatus {
+    /// The generation this status was computed for.
+    pub observed_generation: u64,
+    /// Instances (not being stopped) whose readiness passes.
+    pub ready: u32,
+    /// Instances (not being stopped) whose process runs.
+    pub running: u32,
+    /// Instances placed on a node and not being stopped.
+    pub placed: u32,
+    /// Of those, instances at the current generation.
+    pub updated: u32,
+    /// Instances being stopped.
+    pub stopping: u32,
+    /// Replicas that no node can take now.
+    pub unplaced: u32,
+    /// Why (the scheduler's sentence, e.g. "no node with 4 GiB of free memory (...)").
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub conditions: Vec<WorkloadCondition>,
+}
+
+/// `Available` (at least replicas - maxUnavailable ready), `Placed` (every replica has a
+/// node), `Updated` (every replica at the current generation and ready).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadCondition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: bool,
+    #[serde(default)]
+    pub message: String,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadStatusUpdate {
+    pub workload: String,
+    pub status: WorkloadStatus,
+}
+
+/// Statuses of several workloads in one entry; each applies only if it differs from the
+/// stored one (a workload that is gone is skipped).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SetWorkloadStatus {
+    pub statuses: Vec<WorkloadStatusUpdate>,
     pub at_ms: u64,
 }
 
@@ -678,6 +796,63 @@ pub struct DeleteInstance {
     pub instance_id: String,
     #[serde(default)]
     pub expect_revision: Option<u64>,
+    pub at_ms: u64,
+}
+
+/// One instance of a batched placement.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewInstance {
+    pub instance_id: String,
+    pub workload: String,
+    /// The workload generation the plan was made for; the instance is skipped when the
+    /// workload has moved on (or is gone, or is being deleted) by the time this applies.
+    pub generation: u64,
+    pub replica: u32,
+    pub owner_node: String,
+}
+
+/// The scheduler's decisions of one round: many new instances in one log entry. Each is
+/// created at epoch 1, phase `scheduled`, with the workload's spec copied; ids that exist
+/// already, stale generations and unknown nodes are skipped. Applied when at least one is
+/// created, `Rejected` (and nothing changes) otherwise.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlaceInstances {
+    pub instances: Vec<NewInstance>,
+    pub at_ms: u64,
+}
+
+/// Set the desired phase of instances to `stopping` (owner and epoch stay; the agent stops the
+/// container gracefully and reports `stopped`). Instances that are gone, already stopping or
+/// no longer running (`stopped`, `failed`, `lost`) or migrating are skipped. Applied when at
+/// least one changes.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StopInstances {
+    pub instance_ids: Vec<String>,
+    pub at_ms: u64,
+}
+
+/// Delete several instance records (absent ones are skipped). Applied when at least one goes.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteInstances {
+    pub instance_ids: Vec<String>,
+    pub at_ms: u64,
+}
+
+/// Mark a node draining (and unschedulable) or clear the mark.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SetNodeDraining {
+    pub id: String,
+    pub draining: bool,
     pub at_ms: u64,
 }
 

@@ -341,6 +341,14 @@ pub struct NodePatch {
     pub labels: Option<BTreeMap<String, String>>,
 }
 
+/// Body of `POST /v1/workloads/{name}/scale`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ScaleRequest {
+    pub replicas: u32,
+}
+
 // ---------------------------------------------------------------------------------------------
 // List envelopes: `index` is the applied Raft index the list was read at
 // ---------------------------------------------------------------------------------------------

@@ -3,12 +3,14 @@
 //! * `state`: the pure, deterministic state machine (`ClusterState::apply`).
 //! * `store`: redb storage for openraft (log, vote, state machine, snapshots).
 //! * `raft`: the openraft type configuration; openraft types stay behind this crate's modules.
+//! * `orchestrator`: the leader's reconcile loop (placements, rollouts, drains, status).
 
 pub mod api;
 pub mod auth;
 pub mod linearizability;
 pub mod network;
 pub mod node;
+pub mod orchestrator;
 pub mod raft;
 pub mod state;
 pub mod store;

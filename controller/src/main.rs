@@ -388,8 +388,15 @@ async fn main() -> Result<()> {
         let _ = std::fs::remove_file(&pending_path);
     }
 
+    // The reconcile loop runs on every controller and acts only while it leads.
+    let orchestrator = flotilla_controller::orchestrator::Orchestrator::spawn(
+        node.clone(),
+        flotilla_controller::orchestrator::OrchestratorConfig::default(),
+    );
+
     shutdown_signal().await;
     let _ = stop_tx.send(true);
+    orchestrator.stop().await;
     node.shutdown().await;
     for server in [raft_server, api_server] {
         server.await?.context("server failed")?;

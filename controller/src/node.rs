@@ -482,6 +482,12 @@ impl ControllerNode {
         f(&data.state)
     }
 
+    /// Read this replica's applied state together with the index it is at (one lock).
+    pub fn read_stale_at<T>(&self, f: impl FnOnce(u64, &ClusterState) -> T) -> T {
+        let data = self.sm.read().unwrap_or_else(PoisonError::into_inner);
+        f(data.last_applied.map_or(0, |l| l.index), &data.state)
+    }
+
     /// The last log index applied on this replica.
     pub fn applied_index(&self) -> u64 {
         let data = self.sm.read().unwrap_or_else(PoisonError::into_inner);

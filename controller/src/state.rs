@@ -11,11 +11,12 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use flotilla_api::cluster::{
-    AdvanceMigration, ChangeInstanceOwner, Command, CommandResult, DeleteInstance, DeleteService,
-    DeleteWorkload, Event, InstanceObserved, InstancePhase, InstanceRecord, MigrationPhase,
-    MigrationRecord, NodeHeartbeat, NodeRecord, ObjectKey, PutInstancePlacement, PutService,
-    PutToken, PutWorkload, RegisterNode, RemoveNode, ReportInstanceState, RevokeToken,
-    ServiceRecord, StartMigration, TokenRecord, UpdateNode, VersionedCommand, WorkloadRecord,
+    AdvanceMigration, ChangeInstanceOwner, Command, CommandResult, DeleteInstance, DeleteInstances,
+    DeleteService, DeleteWorkload, Event, InstanceObserved, InstancePhase, InstanceRecord,
+    MigrationPhase, MigrationRecord, NodeHeartbeat, NodeRecord, ObjectKey, PlaceInstances,
+    PutInstancePlacement, PutService, PutToken, PutWorkload, RegisterNode, RemoveNode,
+    ReportInstanceState, RevokeToken, ServiceRecord, SetNodeDraining, SetWorkloadStatus,
+    StartMigration, StopInstances, TokenRecord, UpdateNode, VersionedCommand, WorkloadRecord,
     COMMAND_VERSION, EVENTS_CAPACITY,
 };
 use serde::{Deserialize, Serialize};
@@ -84,6 +85,11 @@ impl ClusterState {
             Command::AdvanceMigration(c) => self.advance_migration(index, c),
             Command::PutToken(c) => self.put_token(index, c),
             Command::RevokeToken(c) => self.revoke_token(index, c),
+            Command::PlaceInstances(c) => self.place_instances(index, c),
+            Command::StopInstances(c) => self.stop_instances(index, c),
+            Command::DeleteInstances(c) => self.delete_instances(index, c),
+            Command::SetWorkloadStatus(c) => self.set_workload_status(index, c),
+            Command::SetNodeDraining(c) => self.set_node_draining(index, c),
         };
         match outcome {
             Ok(r) | Err(r) => r,
@@ -118,6 +124,8 @@ impl ClusterState {
             None => NodeRecord {
                 info: c.node.clone(),
                 schedulable: true,
+                draining: false,
+                ready: None,
                 lease: None,
                 registered_at_ms: c.at_ms,
                 updated_at_ms: c.at_ms,
@@ -165,6 +173,10 @@ impl ClusterState {
         let cordon_change = c.schedulable.filter(|s| *s != node.schedulable);
         if let Some(s) = c.schedulable {
             node.schedulable = s;
+            // Uncordoning ends a drain too.
+            if s {
+                node.draining = false;
+            }
         }
         node.updated_at_ms = c.at_ms;
         node.revision = index;
@@ -210,9 +222,22 @@ impl ClusterState {
         let name = &c.spec.name;
         let existing = self.workloads.get(name);
         check_revision(c.expect_revision, existing.map(|w| w.revision))?;
+        if existing.is_some_and(|w| w.deleting) {
+            return Err(rejected(format!(
+                "workload {name} is being deleted; wait until it is gone"
+            )));
+        }
         let (record, reason) = match existing {
             Some(old) => {
-                let generation = if old.spec == c.spec {
+                // The generation tracks what instances run: scaling or retuning the update
+                // strategy rolls nothing.
+                let template = |s: &flotilla_api::cluster::WorkloadSpec| {
+                    let mut s = s.clone();
+                    s.replicas = 0;
+                    s.update_strategy = Default::default();
+                    s
+                };
+                let generation = if template(&old.spec) == template(&c.spec) {
                     old.generation
                 } else {
                     old.generation + 1
@@ -220,6 +245,8 @@ impl ClusterState {
                 let record = WorkloadRecord {
                     spec: c.spec.clone(),
                     generation,
+                    status: old.status.clone(),
+                    deleting: false,
                     created_at_ms: old.created_at_ms,
                     updated_at_ms: c.at_ms,
                     revision: index,
@@ -230,6 +257,8 @@ impl ClusterState {
                 let record = WorkloadRecord {
                     spec: c.spec.clone(),
                     generation: 1,
+                    status: None,
+                    deleting: false,
                     created_at_ms: c.at_ms,
                     updated_at_ms: c.at_ms,
                     revision: index,
@@ -258,9 +287,31 @@ impl ClusterState {
             c.expect_revision,
             self.workloads.get(&c.name).map(|w| w.revision),
         )?;
-        if self.workloads.remove(&c.name).is_none() {
+        let Some(workload) = self.workloads.get_mut(&c.name) else {
             return Err(CommandResult::NotFound { key });
+        };
+        // Instances first: they are stopped gracefully by the leader, then the workload goes.
+        let has_instances = self.instances.values().any(|i| i.workload == c.name);
+        if has_instances {
+            if workload.deleting {
+                return Err(rejected(format!(
+                    "workload {} is already being deleted",
+                    c.name
+                )));
+            }
+            workload.deleting = true;
+            workload.updated_at_ms = c.at_ms;
+            workload.revision = index;
+            self.event(
+                index,
+                c.at_ms,
+                key,
+                "deleting",
+                format!("workload {}: stopping its instances", c.name),
+            );
+            return Ok(CommandResult::Applied { revision: index });
         }
+        self.workloads.remove(&c.name);
         self.event(
             index,
             c.at_ms,
@@ -345,7 +396,12 @@ impl ClusterState {
             restarts: c.restarts,
         });
         use flotilla_api::cluster::ObservedState as O;
-        if inst.phase != InstancePhase::Migrating {
+        // A migrating instance keeps its phase, and so does one being stopped: the leader reads
+        // `observed` to see that the stop is done.
+        if !matches!(
+            inst.phase,
+            InstancePhase::Migrating | InstancePhase::Stopping
+        ) {
             inst.phase = match c.state {
                 O::Pending | O::Starting => inst.phase,
                 O::Running => InstancePhase::Running,
@@ -595,6 +651,144 @@ impl ClusterState {
             "created",
             format!("token {} for {:?}", c.token.id, c.token.role),
         );
+        Ok(CommandResult::Applied { revision: index })
+    }
+
+    fn place_instances(&mut self, index: u64, c: &PlaceInstances) -> Outcome {
+        // Counted per workload for one event each (not one per instance: a batch of thousands
+        // would flush the event ring).
+        let mut placed: BTreeMap<&str, (u64, u32)> = BTreeMap::new();
+        for new in &c.instances {
+            if self.instances.contains_key(&new.instance_id) {
+                continue;
+            }
+            let Some(w) = self.workloads.get(&new.workload) else {
+                continue;
+            };
+            if w.generation != new.generation || w.deleting {
+                continue;
+            }
+            if !self.nodes.contains_key(&new.owner_node) {
+                continue;
+            }
+            self.instances.insert(
+                new.instance_id.clone(),
+                InstanceRecord {
+                    id: new.instance_id.clone(),
+                    workload: new.workload.clone(),
+                    owner_node: Some(new.owner_node.clone()),
+                    epoch: 1,
+                    phase: InstancePhase::Scheduled,
+                    observed: None,
+                    replica: new.replica,
+                    generation: w.generation,
+                    spec: Some(w.spec.clone()),
+                    created_at_ms: c.at_ms,
+                    updated_at_ms: c.at_ms,
+                    revision: index,
+                },
+            );
+            placed
+                .entry(new.workload.as_str())
+                .or_insert((w.generation, 0))
+                .1 += 1;
+        }
+        if placed.is_empty() {
+            return Err(rejected(
+                "no instance placed: every one exists already, is stale or names an unknown node",
+            ));
+        }
+        let placed: Vec<(String, u64, u32)> = placed
+            .into_iter()
+            .map(|(w, (g, n))| (w.to_owned(), g, n))
+            .collect();
+        for (workload, generation, n) in placed {
+            let message = format!("{n} instance(s) of {workload} at generation {generation}");
+            self.event(
+                index,
+                c.at_ms,
+                ObjectKey::Workload(workload),
+                "placed",
+                message,
+            );
+        }
+        Ok(CommandResult::Applied { revision: index })
+    }
+
+    fn stop_instances(&mut self, index: u64, c: &StopInstances) -> Outcome {
+        let mut stopped = 0usize;
+        for id in &c.instance_ids {
+            let Some(inst) = self.instances.get_mut(id) else {
+                continue;
+            };
+            if !matches!(
+                inst.phase,
+                InstancePhase::Scheduled | InstancePhase::Running
+            ) {
+                continue;
+            }
+            inst.phase = InstancePhase::Stopping;
+            inst.updated_at_ms = c.at_ms;
+            inst.revision = index;
+            stopped += 1;
+        }
+        if stopped == 0 {
+            return Err(rejected("no instance to stop"));
+        }
+        Ok(CommandResult::Applied { revision: index })
+    }
+
+    fn delete_instances(&mut self, index: u64, c: &DeleteInstances) -> Outcome {
+        let deleted = c
+            .instance_ids
+            .iter()
+            .filter(|id| self.instances.remove(id.as_str()).is_some())
+            .count();
+        if deleted == 0 {
+            return Err(rejected("no instance to delete"));
+        }
+        Ok(CommandResult::Applied { revision: index })
+    }
+
+    fn set_workload_status(&mut self, index: u64, c: &SetWorkloadStatus) -> Outcome {
+        let mut changed = 0usize;
+        for u in &c.statuses {
+            let Some(w) = self.workloads.get_mut(&u.workload) else {
+                continue;
+            };
+            if w.status.as_ref() == Some(&u.status) {
+                continue;
+            }
+            w.status = Some(u.status.clone());
+            w.revision = index;
+            changed += 1;
+        }
+        if changed == 0 {
+            return Err(rejected("no workload status changed"));
+        }
+        Ok(CommandResult::Applied { revision: index })
+    }
+
+    fn set_node_draining(&mut self, index: u64, c: &SetNodeDraining) -> Outcome {
+        let key = ObjectKey::Node(c.id.clone());
+        let Some(node) = self.nodes.get_mut(&c.id) else {
+            return Err(CommandResult::NotFound { key });
+        };
+        let was = node.draining;
+        node.draining = c.draining;
+        if c.draining {
+            node.schedulable = false;
+        }
+        node.updated_at_ms = c.at_ms;
+        node.revision = index;
+        if was != c.draining {
+            let reason = if c.draining {
+                "draining"
+            } else {
+                "drain_cancelled"
+            };
+            self.event(index, c.at_ms, key, reason, format!("node {}", c.id));
+        }
         Ok(CommandResult::Applied { revision: index })
     }
 
@@ -921,6 +1115,182 @@ pub(crate) mod tests {
         assert_eq!(back, cmd);
     }
 
+    fn new_inst(id: &str, w: &str, generation: u64, replica: u32, node: &str) -> NewInstance {
+        NewInstance {
+            instance_id: id.into(),
+            workload: w.into(),
+            generation,
+            replica,
+            owner_node: node.into(),
+        }
+    }
+
+    fn register(s: &mut ClusterState, index: u64, id: &str) {
+        let reg = Command::RegisterNode(RegisterNode {
+            node: node(id),
+            expect_revision: None,
+            at_ms: 1,
+        });
+        assert!(s.apply(index, &reg).is_applied());
+    }
+
+    #[test]
+    fn batched_placement_copies_the_spec_and_skips_stale_and_existing_ones() {
+        let mut s = ClusterState::default();
+        register(&mut s, 1, "n1");
+        s.apply(2, &put_workload("w", "a", None));
+        let place = |items: Vec<NewInstance>| {
+            Command::PlaceInstances(PlaceInstances {
+                instances: items,
+                at_ms: 9,
+            })
+        };
+        let r = s.apply(
+            3,
+            &place(vec![
+                new_inst("w-0", "w", 1, 0, "n1"),
+                new_inst("w-1", "w", 1, 1, "n1"),
+                new_inst("w-2", "w", 1, 2, "nope"),
+                new_inst("x-0", "x", 1, 0, "n1"),
+            ]),
+        );
+        assert_eq!(r, CommandResult::Applied { revision: 3 });
+        assert_eq!(s.instances.len(), 2);
+        let i = &s.instances["w-1"];
+        assert_eq!((i.replica, i.generation, i.epoch), (1, 1, 1));
+        assert_eq!(i.phase, InstancePhase::Scheduled);
+        assert_eq!(i.spec.as_ref().map(|s| s.image.as_str()), Some("a"));
+        // The workload moved to generation 2: a plan made for 1 is stale and changes nothing.
+        s.apply(4, &put_workload("w", "b", None));
+        let before = s.clone();
+        assert!(matches!(
+            s.apply(5, &place(vec![new_inst("w-3", "w", 1, 3, "n1")])),
+            CommandResult::Rejected { .. }
+        ));
+        assert_eq!(before, s);
+        // An existing id is never overwritten.
+        assert!(matches!(
+            s.apply(6, &place(vec![new_inst("w-0", "w", 2, 0, "n1")])),
+            CommandResult::Rejected { .. }
+        ));
+        assert_eq!(s.instances["w-0"].generation, 1);
+    }
+
+    #[test]
+    fn stopping_keeps_owner_and_epoch_and_survives_running_reports() {
+        let mut s = ClusterState::default();
+        register(&mut s, 1, "n1");
+        s.apply(2, &put_workload("w", "a", None));
+        s.apply(
+            3,
+            &Command::PlaceInstances(PlaceInstances {
+                instances: vec![new_inst("w-0", "w", 1, 0, "n1")],
+                at_ms: 3,
+            }),
+        );
+        let report = |state| {
+            Command::ReportInstanceState(ReportInstanceState {
+                instance_id: "w-0".into(),
+                node_id: "n1".into(),
+                epoch: 1,
+                state,
+                exit: None,
+                ip: None,
+                ready: true,
+                restarts: 0,
+                at_ms: 4,
+            })
+        };
+        assert!(s.apply(4, &report(ObservedState::Running)).is_applied());
+        let stop = Command::StopInstances(StopInstances {
+            instance_ids: vec!["w-0".into(), "gone".into()],
+            at_ms: 5,
+        });
+        assert!(s.apply(5, &stop).is_applied());
+        let i = &s.instances["w-0"];
+        assert_eq!((i.phase, i.epoch), (InstancePhase::Stopping, 1));
+        assert_eq!(i.owner_node.as_deref(), Some("n1"));
+        assert!(matches!(s.apply(6, &stop), CommandResult::Rejected { .. }));
+        // A late "running" report does not undo the stop; "stopped" is recorded as observed.
+        assert!(s.apply(7, &report(ObservedState::Running)).is_applied());
+        assert_eq!(s.instances["w-0"].phase, InstancePhase::Stopping);
+        assert!(s.apply(8, &report(ObservedState::Stopped)).is_applied());
+        let i = &s.instances["w-0"];
+        assert_eq!(i.phase, InstancePhase::Stopping);
+        assert_eq!(
+            i.observed.as_ref().map(|o| o.state),
+            Some(ObservedState::Stopped)
+        );
+        // Deleting the workload marks it while the instance exists, removes it after.
+        let del = Command::DeleteWorkload(DeleteWorkload {
+            name: "w".into(),
+            expect_revision: None,
+            at_ms: 9,
+        });
+        assert!(s.apply(9, &del).is_applied());
+        assert!(s.workloads["w"].deleting);
+        assert!(matches!(
+            s.apply(10, &put_workload("w", "c", None)),
+            CommandResult::Rejected { .. }
+        ));
+        let rm = Command::DeleteInstances(DeleteInstances {
+            instance_ids: vec!["w-0".into()],
+            at_ms: 11,
+        });
+        assert!(s.apply(11, &rm).is_applied());
+        assert!(s.apply(12, &del).is_applied());
+        assert!(s.workloads.is_empty() && s.instances.is_empty());
+    }
+
+    #[test]
+    fn status_commits_only_changes_and_drain_is_cleared_by_uncordon() {
+        let mut s = ClusterState::default();
+        register(&mut s, 1, "n1");
+        s.apply(2, &put_workload("w", "a", None));
+        let status = |ready| {
+            Command::SetWorkloadStatus(SetWorkloadStatus {
+                statuses: vec![WorkloadStatusUpdate {
+                    workload: "w".into(),
+                    status: WorkloadStatus {
+                        ready,
+                        ..Default::default()
+                    },
+                }],
+                at_ms: 3,
+            })
+        };
+        assert!(s.apply(3, &status(1)).is_applied());
+        assert!(matches!(
+            s.apply(4, &status(1)),
+            CommandResult::Rejected { .. }
+        ));
+        assert_eq!(s.workloads["w"].revision, 3);
+        // A spec change keeps the status and bumps the generation.
+        s.apply(5, &put_workload("w", "b", None));
+        assert_eq!(s.workloads["w"].generation, 2);
+        assert_eq!(s.workloads["w"].status.as_ref().map(|x| x.ready), Some(1));
+
+        let drain = Command::SetNodeDraining(SetNodeDraining {
+            id: "n1".into(),
+            draining: true,
+            at_ms: 6,
+        });
+        assert!(s.apply(6, &drain).is_applied());
+        assert!(s.nodes["n1"].draining && !s.nodes["n1"].schedulable);
+        let uncordon = Command::UpdateNode(UpdateNode {
+            id: "n1".into(),
+            address: None,
+            labels: None,
+            capacity: None,
+            features: None,
+            schedulable: Some(true),
+            expect_revision: None,
+            at_ms: 7,
+        });
+        assert!(s.apply(7, &uncordon).is_applied());
+        assert!(!s.nodes["n1"].draining && s.nodes["n1"].schedulable);
+    }
+
     // ---- property tests --------------------------------------------------------------------
 
     fn id(prefix: &'static str) -> impl Strategy<Value = String> {
@@ -1080,7 +1450,63 @@ pub(crate) mod tests {
                 expect_revision: e,
                 at_ms
             })),
-            (id("t"), at).prop_map(|(id, at_ms)| Command::RevokeToken(RevokeToken { id, at_ms })),
+            (id("t"), at.clone())
+                .prop_map(|(id, at_ms)| Command::RevokeToken(RevokeToken { id, at_ms })),
+            (
+                prop::collection::vec((id("i"), id("w"), 0u64..3, 0u32..3, id("n")), 0..4),
+                at.clone()
+            )
+                .prop_map(|(items, at_ms)| Command::PlaceInstances(PlaceInstances {
+                    instances: items
+                        .into_iter()
+                        .map(|(instance_id, workload, generation, replica, owner_node)| {
+                            NewInstance {
+                                instance_id,
+                                workload,
+                                generation,
+                                replica,
+                                owner_node,
+                            }
+                        })
+                        .collect(),
+                    at_ms,
+                })),
+            (prop::collection::vec(id("i"), 0..4), at.clone()).prop_map(|(instance_ids, at_ms)| {
+                Command::StopInstances(StopInstances {
+                    instance_ids,
+                    at_ms,
+                })
+            }),
+            (prop::collection::vec(id("i"), 0..4), at.clone()).prop_map(|(instance_ids, at_ms)| {
+                Command::DeleteInstances(DeleteInstances {
+                    instance_ids,
+                    at_ms,
+                })
+            }),
+            (prop::collection::vec((id("w"), 0u32..3), 0..3), at.clone()).prop_map(
+                |(items, at_ms)| {
+                    Command::SetWorkloadStatus(SetWorkloadStatus {
+                        statuses: items
+                            .into_iter()
+                            .map(|(workload, ready)| WorkloadStatusUpdate {
+                                workload,
+                                status: WorkloadStatus {
+                                    ready,
+                                    ..Default::default()
+                                },
+                            })
+                            .collect(),
+                        at_ms,
+                    })
+                }
+            ),
+            (id("n"), any::<bool>(), at).prop_map(|(id, draining, at_ms)| {
+                Command::SetNodeDraining(SetNodeDraining {
+                    id,
+                    draining,
+                    at_ms,
+                })
+            }),
         ]
     }
 
@@ -1111,6 +1537,31 @@ pub(crate) mod tests {
             let snapshot = serde_json::to_vec(&a).unwrap();
             let restored: ClusterState = serde_json::from_slice(&snapshot).unwrap();
             prop_assert_eq!(&restored, &a);
+        }
+
+        /// Every instance a batch creates carries its workload's spec and generation as they
+        /// were when it applied, and a replica slot; epochs start at 1.
+        #[test]
+        fn placed_instances_copy_their_workload(cmds in prop::collection::vec(arb_command(), 1..120)) {
+            let mut s = ClusterState::default();
+            for (i, cmd) in cmds.iter().enumerate() {
+                let before = s.clone();
+                let result = s.apply(i as u64 + 1, cmd);
+                if let (Command::PlaceInstances(c), true) = (cmd, result.is_applied()) {
+                    for new in &c.instances {
+                        let Some(inst) = s.instances.get(&new.instance_id) else { continue };
+                        if before.instances.contains_key(&new.instance_id) {
+                            prop_assert_eq!(inst, &before.instances[&new.instance_id]);
+                            continue;
+                        }
+                        let w = &before.workloads[&inst.workload];
+                        prop_assert_eq!(w.generation, inst.generation);
+                        prop_assert_eq!(Some(&w.spec), inst.spec.as_ref());
+                        prop_assert_eq!(inst.epoch, 1);
+                        prop_assert!(before.nodes.contains_key(inst.owner_node.as_deref().unwrap_or("")));
+                    }
+                }
+            }
         }
 
         /// A command changes only the objects it names (what the store persists), stamps them

@@ -27,6 +27,7 @@ use crate::node::{
     BoxFuture, ControllerConfig, ControllerError, ControllerNode, PeerRequest, PeerResponse,
     PeerTransport, RaftTimings, TransportError,
 };
+use crate::orchestrator::{Orchestrator, OrchestratorConfig};
 use crate::raft::types::{NodeId, Snapshot, TypeConfig, Vote};
 use crate::state::ClusterState;
 
@@ -351,6 +352,10 @@ pub struct TestCluster {
     base: PathBuf,
     pub timings: RaftTimings,
     pub request_timeout: Duration,
+    /// Run the reconcile loop on every controller started (off by default: tests of the
+    /// Raft layer and the API want no writes of their own in the log).
+    pub orchestrator: Option<OrchestratorConfig>,
+    orchestrators: Mutex<BTreeMap<NodeId, Orchestrator>>,
 }
 
 pub fn addr_of(id: NodeId) -> ControllerAddr {
@@ -367,6 +372,8 @@ impl TestCluster {
             base: base.into(),
             timings: test_timings(),
             request_timeout: Duration::from_secs(5),
+            orchestrator: None,
+            orchestrators: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -397,6 +404,17 @@ impl TestCluster {
             }
         };
         self.router.register(node.clone());
+        if let Some(config) = &self.orchestrator {
+            let o = Orchestrator::spawn(node.clone(), config.clone());
+            let old = self
+                .orchestrators
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(id, o);
+            if let Some(old) = old {
+                old.stop().await;
+            }
+        }
         Ok(node)
     }
 
@@ -426,6 +444,14 @@ impl TestCluster {
     /// Stop controller `id` abruptly (as far as one process allows: Raft stops, nothing else
     /// is flushed) and take it off the network.
     pub async fn kill(&self, id: NodeId) {
+        let o = self
+            .orchestrators
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        if let Some(o) = o {
+            o.stop().await;
+        }
         if let Some(node) = self.router.unregister(id) {
             node.shutdown().await;
         }

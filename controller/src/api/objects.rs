@@ -8,12 +8,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use flotilla_api::cluster::{
     Command, DeleteService, DeleteWorkload, Event, InstanceRecord, MigrationRecord, NodeRecord,
-    ObjectKey, PutService, PutWorkload, RemoveNode, ServiceRecord, UpdateNode, VersionedCommand,
-    WorkloadRecord, WriteResponse,
+    ObjectKey, PutService, PutWorkload, RemoveNode, ServiceRecord, SetNodeDraining, UpdateNode,
+    VersionedCommand, WorkloadRecord, WriteResponse,
 };
 use flotilla_api::rest::{
-    Deleted, EventList, InstanceList, MigrationList, NodeList, NodePatch, Problem, ServiceList,
-    ServiceWrite, WorkloadList, WorkloadWrite,
+    Deleted, EventList, InstanceList, MigrationList, NodeList, NodePatch, Problem, ScaleRequest,
+    ServiceList, ServiceWrite, WorkloadList, WorkloadWrite,
 };
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -27,10 +27,12 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(list_workloads))
         .routes(routes!(get_workload, put_workload, delete_workload))
+        .routes(routes!(scale_workload))
         .routes(routes!(list_services))
         .routes(routes!(get_service, put_service, delete_service))
         .routes(routes!(list_nodes))
         .routes(routes!(get_node, patch_node, delete_node))
+        .routes(routes!(drain_node))
         .routes(routes!(list_instances))
         .routes(routes!(get_instance))
         .routes(routes!(list_migrations))
@@ -183,6 +185,61 @@ async fn put_workload(
         StatusCode::OK
     };
     Ok(json_at(status, index, Some(item.revision), &item))
+}
+
+/// Set a workload's replica count (the rest of its spec stays; no rollout).
+#[utoipa::path(post, path = "/v1/workloads/{name}/scale", tag = "objects",
+    params(("name" = String, Path, description = "DNS-1123 label")),
+    request_body = ScaleRequest,
+    responses(
+        (status = 200, description = "answered", body = WorkloadRecord),
+        (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the cluster cannot answer now (no quorum, timeout)", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn scale_workload(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<ScaleRequest>,
+) -> Result<Response, ApiError> {
+    validate::path_label("name", &name)?;
+    validate::replicas("replicas", body.replicas)?;
+    // Read-modify-write by compare-and-set on the revision; a concurrent change (a status
+    // commit, another writer) makes us read again.
+    for _ in 0..10 {
+        let current = st
+            .node
+            .read_linearizable(|s| s.workloads.get(&name).cloned())
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("workload {name}")))?;
+        if current.deleting {
+            return Err(ApiError::conflict(format!(
+                "workload {name} is being deleted"
+            )));
+        }
+        let mut spec = current.spec.clone();
+        spec.replicas = body.replicas;
+        let command = Command::PutWorkload(PutWorkload {
+            spec,
+            expect_revision: Some(current.revision),
+            at_ms: now_ms(),
+        });
+        let resp = st.node.propose(command).await?;
+        match resp.result {
+            flotilla_api::cluster::CommandResult::Conflict { .. } => continue,
+            flotilla_api::cluster::CommandResult::Applied { revision } => {
+                st.wait_applied(revision).await?;
+                let (index, item) = st.snapshot(|s| s.workloads.get(&name).cloned());
+                return found(index, item, format!("workload {name}"));
+            }
+            flotilla_api::cluster::CommandResult::Rejected { reason } => {
+                return Err(ApiError::conflict(reason))
+            }
+            other => return Err(ApiError::conflict(format!("{other:?}"))),
+        }
+    }
+    Err(ApiError::conflict(format!(
+        "workload {name} kept changing; try again"
+    )))
 }
 
 /// Delete a workload.
@@ -368,7 +425,11 @@ async fn list_nodes(
     State(st): State<ApiState>,
     StrictQuery(q): StrictQuery<ReadQuery>,
 ) -> Result<Response, ApiError> {
-    let (index, items) = watch::read(&st, &q, |s| collection(&s.nodes)).await?;
+    let (index, mut items) = watch::read(&st, &q, |s| collection(&s.nodes)).await?;
+    let now = now_ms();
+    for n in &mut items {
+        with_readiness(n, now);
+    }
     Ok(json_at(
         StatusCode::OK,
         index,
@@ -391,7 +452,10 @@ async fn get_node(
     StrictQuery(q): StrictQuery<ReadQuery>,
 ) -> Result<Response, ApiError> {
     validate::path_subdomain("id", &id)?;
-    let (index, item) = watch::read(&st, &q, |s| one(&s.nodes, &id)).await?;
+    let (index, mut item) = watch::read(&st, &q, |s| one(&s.nodes, &id)).await?;
+    if let Some(n) = &mut item {
+        with_readiness(n, now_ms());
+    }
     found(index, item, format!("node {id}"))
 }
 
@@ -434,7 +498,49 @@ async fn patch_node(
         at_ms: now_ms(),
     });
     st.propose(command, &pre).await?;
-    let (index, item) = st.snapshot(|s| s.nodes.get(&id).cloned());
+    let (index, mut item) = st.snapshot(|s| s.nodes.get(&id).cloned());
+    if let Some(n) = &mut item {
+        with_readiness(n, now_ms());
+    }
+    found(index, item, what)
+}
+
+/// Fill in `ready` (the lease is valid on this controller's clock).
+fn with_readiness(n: &mut NodeRecord, now: u64) {
+    n.ready = Some(n.lease_valid(now));
+}
+
+/// Drain a node: no new placements (it is cordoned), its instances are replaced elsewhere
+/// first, then stopped. An uncordon (`PATCH {"schedulable": true}`) ends the drain.
+#[utoipa::path(post, path = "/v1/nodes/{id}/drain", tag = "objects",
+    params(("id" = String, Path, description = "DNS-1123 subdomain")),
+    responses(
+        (status = 200, description = "answered", body = NodeRecord),
+        (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the cluster cannot answer now (no quorum, timeout)", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn drain_node(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    StrictQuery(q): StrictQuery<WriteQuery>,
+) -> Result<Response, ApiError> {
+    validate::path_subdomain("id", &id)?;
+    let pre = Precondition::from_request(&HeaderMap::new(), &q)?;
+    let what = format!("node {id}");
+    st.precheck(&pre, Some(&what), |s| {
+        s.nodes.get(&id).map_or(0, |n| n.revision)
+    })
+    .await?;
+    let command = Command::SetNodeDraining(SetNodeDraining {
+        id: id.clone(),
+        draining: true,
+        at_ms: now_ms(),
+    });
+    st.propose(command, &pre).await?;
+    let (index, mut item) = st.snapshot(|s| s.nodes.get(&id).cloned());
+    if let Some(n) = &mut item {
+        with_readiness(n, now_ms());
+    }
     found(index, item, what)
 }
 

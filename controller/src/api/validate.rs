@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use flotilla_api::cluster::{ConstraintOp, ControllerAddr};
-use flotilla_api::rest::{NodePatch, ServiceWrite, WorkloadWrite};
+use flotilla_api::rest::{NodePatch, ProbeWrite, ServiceWrite, WorkloadWrite};
 
 use super::problem::ApiError;
 
@@ -20,6 +20,8 @@ const MAX_ARG_LEN: usize = 16 << 10;
 const MAX_ENV: usize = 1024;
 const MAX_LABELS: usize = 64;
 const MAX_PORTS: usize = 128;
+/// Longest stop grace period and probe timing: one hour.
+pub const MAX_DURATION_MS: u64 = 3_600_000;
 
 type Result<T = ()> = std::result::Result<T, ApiError>;
 
@@ -159,7 +161,10 @@ pub fn labels<'a>(
     Ok(())
 }
 
-fn image_ref(field: &str, s: &str) -> Result {
+/// An image reference as Docker and OCI distribution parse it:
+/// `[host[:port]/]path[:tag][@algorithm:hex]`, path components lowercase
+/// `[a-z0-9]+([._-]|__)...`, tag `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+pub fn image_ref(field: &str, s: &str) -> Result {
     if s.is_empty() {
         return Err(invalid(field, "must not be empty"));
     }
@@ -168,6 +173,170 @@ fn image_ref(field: &str, s: &str) -> Result {
     }
     if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(invalid(field, "contains whitespace or a control character"));
+    }
+    let bad = |why: &str| {
+        invalid(
+            field,
+            format!("{} is not an image reference: {why}", show(s)),
+        )
+    };
+    let (rest, digest) = match s.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (s, None),
+    };
+    if let Some(d) = digest {
+        let (algo, hex) = d
+            .split_once(':')
+            .ok_or_else(|| bad("a digest is algorithm:hex"))?;
+        let hex_ok = match algo {
+            "sha256" => hex.len() == 64,
+            "sha512" => hex.len() == 128,
+            _ => return Err(bad("digest algorithm must be sha256 or sha512")),
+        } && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !hex_ok {
+            return Err(bad("digest is not lowercase hex of the right length"));
+        }
+    }
+    // The tag follows the last ':' after the last '/' (a ':' before it is a registry port).
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match rest[last_slash..].rfind(':') {
+        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+        None => (rest, None),
+    };
+    if let Some(t) = tag {
+        let ok = !t.is_empty()
+            && t.len() <= 128
+            && t.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !ok {
+            return Err(bad("tag must match [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"));
+        }
+    }
+    let mut parts: Vec<&str> = name.split('/').collect();
+    if parts.len() > 1 {
+        let first = parts[0];
+        if first.contains('.') || first.contains(':') || first == "localhost" {
+            let (host, port) = match first.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (first, None),
+            };
+            let host_ok = !host.is_empty()
+                && host.split('.').all(|l| {
+                    !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                });
+            let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !host_ok || !port_ok {
+                return Err(bad("registry must be host[:port]"));
+            }
+            parts.remove(0);
+        }
+    }
+    for part in parts {
+        let b = part.as_bytes();
+        let ok = !b.is_empty()
+            && b.iter().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
+            })
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric()
+            && !part.contains("..")
+            && !part.contains("___");
+        if !ok {
+            return Err(bad("repository path components are lowercase letters and digits separated by '.', '_', '__' or '-'"));
+        }
+    }
+    Ok(())
+}
+
+/// A replica count within bounds.
+pub fn replicas(field: &str, n: u32) -> Result {
+    if n > MAX_REPLICAS {
+        return Err(invalid(
+            field,
+            format!("{n} is more than the maximum {MAX_REPLICAS}"),
+        ));
+    }
+    Ok(())
+}
+
+fn duration(field: &str, ms: u64, min: u64) -> Result {
+    if ms < min || ms > MAX_DURATION_MS {
+        return Err(invalid(
+            field,
+            format!("{ms} ms is outside {min}..={MAX_DURATION_MS} ms"),
+        ));
+    }
+    Ok(())
+}
+
+/// A health check: exactly one action, ports in range, thresholds at least 1, a period at
+/// least as long as the timeout.
+pub fn probe(field: &str, p: &ProbeWrite) -> Result {
+    let actions = [p.exec.is_some(), p.tcp.is_some(), p.http.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count();
+    if actions != 1 {
+        return Err(invalid(
+            field,
+            format!("give exactly one of exec, tcp, http (found {actions})"),
+        ));
+    }
+    if let Some(e) = &p.exec {
+        if e.command.is_empty() {
+            return Err(invalid(
+                format!("{field}.exec.command"),
+                "must not be empty",
+            ));
+        }
+        for (i, a) in e.command.iter().enumerate() {
+            if a.contains('\0') || a.len() > MAX_ARG_LEN {
+                return Err(invalid(
+                    format!("{field}.exec.command[{i}]"),
+                    format!("contains NUL or is longer than {MAX_ARG_LEN} bytes"),
+                ));
+            }
+        }
+    }
+    if let Some(t) = &p.tcp {
+        port(&format!("{field}.tcp.port"), t.port)?;
+    }
+    if let Some(h) = &p.http {
+        port(&format!("{field}.http.port"), h.port)?;
+        no_controls(&format!("{field}.http.path"), &h.path)?;
+        if !h.path.starts_with('/') || h.path.len() > 2048 || h.path.contains(' ') {
+            return Err(invalid(
+                format!("{field}.http.path"),
+                format!("{} is not an absolute path without spaces", show(&h.path)),
+            ));
+        }
+    }
+    let period = p.period_ms.unwrap_or(10_000);
+    let timeout = p.timeout_ms.unwrap_or(1_000);
+    if let Some(d) = p.initial_delay_ms {
+        duration(&format!("{field}.initialDelayMs"), d, 0)?;
+    }
+    duration(&format!("{field}.periodMs"), period, 1)?;
+    duration(&format!("{field}.timeoutMs"), timeout, 1)?;
+    if period < timeout {
+        return Err(invalid(
+            format!("{field}.periodMs"),
+            format!("{period} ms is shorter than timeoutMs {timeout} ms"),
+        ));
+    }
+    for (name, v) in [
+        ("failureThreshold", p.failure_threshold),
+        ("successThreshold", p.success_threshold),
+    ] {
+        if let Some(v) = v {
+            if v == 0 || v > 1000 {
+                return Err(invalid(
+                    format!("{field}.{name}"),
+                    format!("{v} is outside 1..=1000"),
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -241,12 +410,7 @@ pub fn workload(w: &WorkloadWrite, path_name: &str) -> Result {
             return Err(invalid(f, format!("longer than {MAX_ARG_LEN} bytes")));
         }
     }
-    if w.replicas > MAX_REPLICAS {
-        return Err(invalid(
-            "replicas",
-            format!("{} is more than the maximum {MAX_REPLICAS}", w.replicas),
-        ));
-    }
+    replicas("replicas", w.replicas)?;
     if w.resources.cpu_millis > MAX_CPU_MILLIS {
         return Err(invalid(
             "resources.cpuMillis",
@@ -304,6 +468,15 @@ pub fn workload(w: &WorkloadWrite, path_name: &str) -> Result {
         for (j, v) in c.values.iter().enumerate() {
             label_value(&format!("placement.constraints[{i}].values[{j}]"), v)?;
         }
+    }
+    if let Some(p) = &w.liveness {
+        probe("liveness", p)?;
+    }
+    if let Some(p) = &w.readiness {
+        probe("readiness", p)?;
+    }
+    if let Some(g) = w.stop_grace_ms {
+        duration("stopGraceMs", g, 0)?;
     }
     if let Some(u) = &w.update_strategy {
         if u.max_unavailable == 0 && u.max_surge == 0 {
@@ -423,6 +596,97 @@ mod tests {
         }
         assert!(is_dns_subdomain("node-1.rack-2"));
         assert!(!is_dns_subdomain("node..1"));
+    }
+
+    #[test]
+    fn image_references() {
+        for ok in [
+            "busybox",
+            "busybox:1.36",
+            "library/busybox:latest",
+            "198.18.0.1:5000/test/busybox:v1",
+            "localhost/a_b/c__d/e-f.g:T_1.0-x",
+            "registry.example/ns/img@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ] {
+            image_ref("image", ok).unwrap_or_else(|e| panic!("{ok}: {e:?}"));
+        }
+        for bad in [
+            "",
+            "Busybox",
+            "busybox:",
+            "busybox:-x",
+            "a//b",
+            "-a/b",
+            "a/b-",
+            "host:0/a",
+            "a@sha256:xyz",
+            "a@md5:00",
+            "a b",
+        ] {
+            assert!(image_ref("image", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn probes_need_one_action_sane_ports_and_timings() {
+        use flotilla_api::rest::{ExecProbeWrite, HttpProbeWrite, TcpProbeWrite};
+        let tcp = |port| ProbeWrite {
+            tcp: Some(TcpProbeWrite { port }),
+            ..Default::default()
+        };
+        probe("liveness", &tcp(80)).unwrap();
+        let field = |r: Result| r.unwrap_err().field;
+        assert_eq!(
+            field(probe("liveness", &ProbeWrite::default())).as_deref(),
+            Some("liveness")
+        );
+        let two = ProbeWrite {
+            exec: Some(ExecProbeWrite {
+                command: vec!["true".into()],
+            }),
+            ..tcp(80)
+        };
+        assert_eq!(field(probe("liveness", &two)).as_deref(), Some("liveness"));
+        assert_eq!(
+            field(probe("readiness", &tcp(0))).as_deref(),
+            Some("readiness.tcp.port")
+        );
+        let slow = ProbeWrite {
+            period_ms: Some(500),
+            timeout_ms: Some(1000),
+            ..tcp(80)
+        };
+        assert_eq!(
+            field(probe("liveness", &slow)).as_deref(),
+            Some("liveness.periodMs")
+        );
+        let zero = ProbeWrite {
+            failure_threshold: Some(0),
+            ..tcp(80)
+        };
+        assert_eq!(
+            field(probe("liveness", &zero)).as_deref(),
+            Some("liveness.failureThreshold")
+        );
+        let path = ProbeWrite {
+            http: Some(HttpProbeWrite {
+                port: 80,
+                path: "x".into(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            field(probe("liveness", &path)).as_deref(),
+            Some("liveness.http.path")
+        );
+        let empty = ProbeWrite {
+            exec: Some(ExecProbeWrite { command: vec![] }),
+            ..Default::default()
+        };
+        assert_eq!(
+            field(probe("liveness", &empty)).as_deref(),
+            Some("liveness.exec.command")
+        );
     }
 
     #[test]

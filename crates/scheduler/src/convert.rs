@@ -135,6 +135,8 @@ mod tests {
                 features: BTreeMap::new(),
             },
             schedulable: false,
+            draining: false,
+            ready: None,
             lease: None,
             registered_at_ms: 1,
             updated_at_ms: 2,
