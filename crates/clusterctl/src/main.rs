@@ -1,11 +1,19 @@
 //! `clusterctl`: the command line client of a Flotilla cluster's controller API.
 //!
 //! Contexts (`context add|use|ls`) name a cluster: its API endpoints, CA certificate and
-//! token (see `config`). `cluster status|members`, `cluster member add|remove` talk to the
-//! API over TLS verified against the context's CA; every error ends the process with a
-//! non-zero status and a one-line message (the server's problem detail when there is one).
+//! token (see `config`). `cluster status|members`, `cluster member add|remove` and the object
+//! commands (`apply`, `get`, `describe`, `delete`, `scale`, `cordon`, `uncordon`, `drain`,
+//! `logs`, `exec`, `events`; see `objects`) talk to the API over TLS verified against the
+//! context's CA; `dev up|down` runs a whole cluster on this machine (see `dev`). Every error
+//! ends the process with a non-zero status and a message (the server's problem detail and
+//! field when there is one).
 
+mod client;
 mod config;
+mod dev;
+mod manifest;
+mod objects;
+mod view;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,12 +22,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use comfy_table::{presets, Table};
 use flotilla_api::cluster::{AddMemberRequest, ClusterStatus, ControllerAddr, TokenRole};
-use flotilla_api::rest::{MembersResponse, MembershipChanged, Problem, TokenCreate, TokenCreated};
+use flotilla_api::rest::{MembersResponse, MembershipChanged, TokenCreate, TokenCreated};
 use serde::Serialize;
 
+use crate::client::{tls_config, Client};
 use crate::config::Config;
+use crate::view::{opt, table};
 
 #[derive(Parser, Debug)]
 #[command(name = "clusterctl", version, about = "Control a Flotilla cluster")]
@@ -38,8 +47,10 @@ struct Cli {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
+pub enum Output {
     Table,
+    /// A table with more columns (`get`).
+    Wide,
     Json,
     Yaml,
 }
@@ -52,10 +63,123 @@ enum Cmd {
     /// The controllers' cluster.
     #[command(subcommand)]
     Cluster(ClusterCmd),
-    /// Print a shell completion script.
+    /// Create or replace workloads and services from YAML or JSON (`-f -`: stdin).
+    Apply {
+        /// File with one or more documents (`---` between them); `-` reads stdin.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List objects, or show one.
+    Get {
+        #[arg(value_enum)]
+        kind: objects::GetKind,
+        name: Option<String>,
+    },
+    /// Show an object in detail with its recent events.
+    Describe {
+        #[arg(value_enum)]
+        kind: objects::DescribeKind,
+        name: String,
+    },
+    /// Delete a workload (its instances are stopped gracefully) or a service.
+    Delete {
+        #[arg(value_enum)]
+        kind: objects::DeleteKind,
+        name: String,
+    },
+    /// Change a workload's replica count.
+    Scale {
+        #[arg(value_enum)]
+        kind: objects::ScaleKind,
+        name: String,
+        #[arg(long)]
+        replicas: u32,
+    },
+    /// Stop placing new instances on a node.
+    Cordon { node: String },
+    /// Allow placements on a node again.
+    Uncordon { node: String },
+    /// Cordon a node and move its instances elsewhere (cold).
+    Drain {
+        node: String,
+        /// Return once the drain is requested instead of waiting for the node to be empty.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the node to be empty (seconds).
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Print an instance's output (through the controller, from its node's agent).
+    Logs {
+        instance: String,
+        /// Keep streaming new output.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// Run a command in an instance (through the controller, on its node's agent).
+    Exec {
+        instance: String,
+        /// Keep stdin open (interactive; needs the controller's streaming exec).
+        #[arg(short, long)]
+        interactive: bool,
+        /// Allocate a terminal (needs the controller's streaming exec).
+        #[arg(short, long)]
+        tty: bool,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// The cluster's events; `-w` keeps watching.
+    Events {
+        #[arg(short, long)]
+        watch: bool,
+    },
+    /// A whole cluster on this machine, one network namespace per host.
+    #[command(subcommand)]
+    Dev(DevCmd),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(alias = "completion")]
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DevCmd {
+    /// Start N controllers and M agents from the built binaries, each in its own network
+    /// namespace (addresses in 198.18.0.0/15), write a context and make it current.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        controllers: u32,
+        #[arg(long, default_value_t = 0)]
+        agents: u32,
+        /// The cluster's name (also the context's).
+        #[arg(long, default_value = "dev")]
+        name: String,
+        /// Data, logs and agent roots (default /var/lib/flotilla-dev/<name>); must be empty.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Default: flotilla-controller next to clusterctl.
+        #[arg(long, env = "FLOTILLA_CONTROLLER_BIN")]
+        controller_bin: Option<PathBuf>,
+        /// Default: flotilla-agent next to clusterctl.
+        #[arg(long, env = "FLOTILLA_AGENT_BIN")]
+        agent_bin: Option<PathBuf>,
+        /// A registry the agents may pull from over plain HTTP (host:port).
+        #[arg(long)]
+        registry_insecure: Vec<String>,
+        /// Give up (and remove everything) after this many seconds.
+        #[arg(long, default_value_t = 180)]
+        timeout: u64,
+    },
+    /// Stop every process of the cluster and remove its namespaces, links, mounts, cgroups,
+    /// state and context.
+    Down {
+        #[arg(long, default_value = "dev")]
+        name: String,
     },
 }
 
@@ -126,125 +250,18 @@ enum MemberCmd {
     Remove { id: u64 },
 }
 
-/// An API client for one context.
-struct Client {
-    http: reqwest::Client,
-    endpoints: Vec<String>,
-    token: String,
-}
-
-fn tls_config(ca_pem: &str) -> Result<rustls::ClientConfig> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::CertificateDer;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots
-            .add(cert.context("malformed ca certificate in the context")?)
-            .context("unusable ca certificate in the context")?;
-    }
-    if roots.is_empty() {
-        bail!("the context has no ca certificate");
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut c = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(c)
-}
-
-/// The server's error as one line: the problem's detail and field, or the status.
-async fn problem_message(resp: reqwest::Response) -> String {
-    let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
-    match serde_json::from_str::<Problem>(&text) {
-        Ok(p) => {
-            let mut m = p.detail.unwrap_or(p.title);
-            if let Some(f) = p.field {
-                m.push_str(&format!(" (field {f})"));
-            }
-            format!("{m} [{}]", status.as_u16())
-        }
-        Err(_) if text.trim().is_empty() => format!("the server answered {status}"),
-        Err(_) => format!("the server answered {status}: {}", text.trim()),
-    }
-}
-
-impl Client {
-    fn new(config: &Config, name: Option<&str>) -> Result<Self> {
-        let ctx = config.context(name)?;
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(60))
-            .tls_backend_preconfigured(tls_config(&ctx.ca_cert)?)
-            .build()
-            .context("cannot build the http client")?;
-        Ok(Self {
-            http,
-            endpoints: ctx.endpoints.clone(),
-            token: ctx.token.clone(),
-        })
-    }
-
-    /// Send to the first endpoint that answers; decode a success, report a problem.
-    async fn call<T: serde::de::DeserializeOwned>(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&(impl Serialize + ?Sized)>,
-        endpoints: Option<&[String]>,
-    ) -> Result<T> {
-        let endpoints = endpoints.unwrap_or(&self.endpoints);
-        let mut last = None;
-        for ep in endpoints {
-            let mut req = self
-                .http
-                .request(method.clone(), format!("https://{ep}{path}"))
-                .bearer_auth(&self.token);
-            if let Some(b) = body {
-                req = req.json(b);
-            }
-            match req.send().await {
-                Ok(r) if r.status().is_success() => {
-                    return r
-                        .json()
-                        .await
-                        .with_context(|| format!("malformed answer from {ep}"));
-                }
-                Ok(r) => bail!("{ep}: {}", problem_message(r).await),
-                Err(e) => last = Some(anyhow::Error::new(e).context(format!("cannot reach {ep}"))),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("the context has no endpoints")))
-    }
-
-    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
-        self.call(reqwest::Method::GET, path, None::<&()>, None)
-            .await
-    }
-}
-
-fn print<T: Serialize>(output: Output, value: &T, table: impl FnOnce() -> String) -> Result<()> {
+pub fn print<T: Serialize>(
+    output: Output,
+    value: &T,
+    table: impl FnOnce() -> String,
+) -> Result<()> {
     let text = match output {
         Output::Json => serde_json::to_string_pretty(value)? + "\n",
         Output::Yaml => yaml_serde::to_string(value)?,
-        Output::Table => table(),
+        Output::Table | Output::Wide => table(),
     };
     std::io::stdout().write_all(text.as_bytes())?;
     Ok(())
-}
-
-fn table(header: &[&str]) -> Table {
-    let mut t = Table::new();
-    t.load_style(presets::NOTHING);
-    t.set_header(header.to_vec());
-    t
-}
-
-fn opt<T: ToString>(v: Option<T>) -> String {
-    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
 async fn members(client: &Client) -> Result<MembersResponse> {
@@ -364,6 +381,104 @@ async fn run(cli: Cli) -> Result<()> {
                     })?;
                 }
             }
+        }
+        Cmd::Dev(DevCmd::Up {
+            controllers,
+            agents,
+            name,
+            state_dir,
+            controller_bin,
+            agent_bin,
+            registry_insecure,
+            timeout,
+        }) => {
+            dev::up(dev::UpArgs {
+                name,
+                controllers,
+                agents,
+                state_dir,
+                controller_bin,
+                agent_bin,
+                registry_insecure,
+                config_path: path,
+                timeout: Duration::from_secs(timeout),
+            })
+            .await?;
+        }
+        Cmd::Dev(DevCmd::Down { name }) => dev::down(&name)?,
+        Cmd::Apply { files } => {
+            let client = Client::new(&Config::load(&path)?, cli.context.as_deref())?;
+            objects::apply(&client, &files, output).await?;
+        }
+        Cmd::Get { kind, name } => {
+            let client = Client::new(&Config::load(&path)?, cli.context.as_deref())?;
+            objects::get(&client, kind, name.as_deref(), output).await?;
+        }
+        Cmd::Describe { kind, name } => {
+            let client = Client::new(&Config::load(&path)?, cli.context.as_deref())?;
+            objects::describe(&client, kind, &name, output).await?;
+        }
+        Cmd::Delete { kind, name } => {
+            let client = Client::new(&Config::load(&path)?, cli.context.as_deref())?;
+            objects::delete(&client, kind, &name, output).await?;
+        }
+        Cmd::Scale {
+            kind: objects::ScaleKind::Workload,
+            name,
+            replicas,
+        } => {
+            let client = Client::new(&Config::load(&path)?, cli.context.as_deref())?;
+            objects::scale(&client, &name, replicas, output).await?;
+        }
+        Cmd::Cordon { node } => {
+            let client = Client::new(&Config::load(&path)?, cli.context.as_deref())?;
+            objects::set_schedulable(&client, &node, false, output).await?;
+        }
+        Cmd::Uncordon { node } => {
+            let client = Client::new(&Config::load(&path)?, cli.context.as_deref())?;
+            objects::set_schedulable(&client, &node, true, output).await?;
+        }
+        Cmd::Drain {
+            node,
+            no_wait,
+            timeout,
+        } => {
+            let client = Client::new(&Config::load(&path)?, cli.context.as_deref())?;
+            objects::drain(
+                &client,
+                &node,
+                !no_wait,
+                Duration::from_secs(timeout),
+                output,
+            )
+            .await?;
+        }
+        Cmd::Logs {
+            instance,
+            follow,
+            tail,
+        } => {
+            let client = Client::new(&Config::load(&path)?, cli.context.as_deref())?;
+            objects::logs(&client, &instance, follow, tail).await?;
+        }
+        Cmd::Exec {
+            instance,
+            interactive,
+            tty,
+            command,
+        } => {
+            if interactive || tty {
+                bail!("exec -i/-t needs a streaming exec endpoint the controller does not offer yet; run the command without -i/-t");
+            }
+            let client = Client::new(&Config::load(&path)?, cli.context.as_deref())?;
+            let code = objects::exec(&client, &instance, command).await?;
+            if code != 0 {
+                return Err(ExitWith(code).into());
+            }
+        }
+        Cmd::Events { watch } => {
+            let client = Client::new(&Config::load(&path)?, cli.context.as_deref())?;
+            objects::events(&client, watch, output).await?;
         }
         Cmd::Cluster(c) => {
             let config = Config::load(&path)?;
@@ -490,6 +605,18 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// A non-zero exit status to pass through (the remote command's of `exec`).
+#[derive(Debug)]
+struct ExitWith(i32);
+
+impl std::fmt::Display for ExitWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the command exited with status {}", self.0)
+    }
+}
+
+impl std::error::Error for ExitWith {}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -505,6 +632,11 @@ fn main() -> ExitCode {
     };
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // `exec`: the remote command's own status, already reported by its output.
+        Err(e) if e.downcast_ref::<ExitWith>().is_some() => {
+            let code = e.downcast_ref::<ExitWith>().map_or(1, |c| c.0);
+            ExitCode::from(u8::try_from(code).unwrap_or(1).max(1))
+        }
         // The reader went away (`clusterctl ... | head`): not an error of ours.
         Err(e)
             if e.downcast_ref::<std::io::Error>()
