@@ -1139,19 +1139,22 @@ pub fn teardown(st: &DevState) -> Result<()> {
             }
         }
     }
-    for h in &st.hosts {
-        if link_exists(&h.veth) {
-            if let Err(e) = run("ip", &["link", "del", &h.veth]) {
-                problems.push(e.to_string());
+    // A veth whose peer's namespace was just deleted disappears asynchronously: a failed
+    // delete of a link that is gone by then is no problem.
+    let del_link = |name: &str, problems: &mut Vec<String>| {
+        if link_exists(name) {
+            if let Err(e) = run("ip", &["link", "del", name]) {
+                if link_exists(name) {
+                    problems.push(e.to_string());
+                }
             }
         }
+    };
+    for h in &st.hosts {
+        del_link(&h.veth, &mut problems);
     }
     if let Some(b) = &st.bridge {
-        if link_exists(b) {
-            if let Err(e) = run("ip", &["link", "del", b]) {
-                problems.push(e.to_string());
-            }
-        }
+        del_link(b, &mut problems);
     }
 
     // 6. The state directory, only if up made it and nothing is mounted below it any more.
