@@ -716,10 +716,17 @@ async fn build(
             .filter_map(|h| h.agent.as_ref().map(|g| g.node_id.clone()))
             .collect();
         loop {
+            // Registered and heartbeating (a lease), so `get nodes` shows them Ready.
             let have: BTreeSet<String> = client
                 .get::<NodeList>("/v1/nodes")
                 .await
-                .map(|l| l.items.into_iter().map(|n| n.info.id).collect())
+                .map(|l| {
+                    l.items
+                        .into_iter()
+                        .filter(|n| n.lease.is_some())
+                        .map(|n| n.info.id)
+                        .collect()
+                })
                 .unwrap_or_default();
             if want.is_subset(&have) {
                 break;
@@ -733,7 +740,7 @@ async fn build(
             }
             ensure!(
                 Instant::now() < deadline,
-                "agents {:?} did not register within {:?}; see the logs in {}",
+                "agents {:?} did not register and heartbeat within {:?}; see the logs in {}",
                 want.difference(&have).collect::<Vec<_>>(),
                 a.timeout,
                 st.state_dir.join("logs").display()
@@ -1081,6 +1088,17 @@ pub fn teardown(st: &DevState) -> Result<()> {
         .iter()
         .filter_map(|h| h.agent.as_ref().map(|g| g.cgroup_parent.clone()))
         .collect();
+    // A chance to exit cleanly first (a container's init without a handler ignores it).
+    let first = stragglers(&inodes, &cgroups);
+    if !first.is_empty() {
+        for p in &first {
+            signal(p, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && first.iter().any(alive) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     for round in 0..50 {
         let left = stragglers(&inodes, &cgroups);
         if left.is_empty() {

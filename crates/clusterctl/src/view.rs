@@ -39,19 +39,17 @@ pub fn age(now: u64, at_ms: u64) -> String {
     }
 }
 
-/// Bytes as `512Mi`, `2Gi`, or a plain number when not a round size.
+/// Bytes as `512Mi`, `2Gi`, `23.5Gi` (one decimal when not a round size).
 pub fn bytes(b: u64) -> String {
     const UNITS: [(&str, u64); 3] = [("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)];
     for (u, n) in UNITS {
-        if b >= n && b.is_multiple_of(n) {
-            return format!("{}{u}", b / n);
+        if b >= n {
+            return if b.is_multiple_of(n) {
+                format!("{}{u}", b / n)
+            } else {
+                format!("{:.1}{u}", b as f64 / n as f64)
+            };
         }
-    }
-    if b >= 1 << 30 {
-        return format!("{:.1}Gi", b as f64 / (1u64 << 30) as f64);
-    }
-    if b >= 1 << 20 {
-        return format!("{:.1}Mi", b as f64 / (1u64 << 20) as f64);
     }
     b.to_string()
 }
@@ -576,6 +574,8 @@ mod tests {
         assert_eq!(bytes(4 << 30), "4Gi");
         assert_eq!(bytes(64 << 20), "64Mi");
         assert_eq!(bytes(1000), "1000");
+        assert_eq!(bytes(24_683_656 << 10), "23.5Gi");
+        assert_eq!(bytes(1536 << 10), "1.5Mi");
         assert_eq!(millicores(2000), "2");
         assert_eq!(millicores(250), "250m");
     }
