@@ -518,6 +518,12 @@ async fn build(
     let deadline = Instant::now() + a.timeout;
     std::fs::create_dir_all(st.state_dir.join("logs"))
         .with_context(|| format!("cannot create {}", st.state_dir.display()))?;
+    // Controller data below holds the CA key and the admin token.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&st.state_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict {}", st.state_dir.display()))?;
+    }
     let slot = claim_slot(&a.name)?;
     st.slot = Some(slot);
     st.save()?;

@@ -282,6 +282,14 @@ fn live_dev_up_three_controllers_serves_the_core_commands_and_down_leaves_nothin
         out.contains("/ui/") && out.contains("https://198.18."),
         "{out}"
     );
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(&state)?.permissions().mode() & 0o777
+    };
+    ensure!(
+        mode == 0o700,
+        "state dir (CA key, admin token) has mode {mode:o}"
+    );
     let st: Value =
         serde_json::from_slice(&std::fs::read(format!("/run/flotilla-dev/{name}.json"))?)?;
     let slot = st["slot"].as_u64().context("slot")?;
