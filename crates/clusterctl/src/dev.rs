@@ -518,6 +518,12 @@ async fn build(
     let deadline = Instant::now() + a.timeout;
     std::fs::create_dir_all(st.state_dir.join("logs"))
         .with_context(|| format!("cannot create {}", st.state_dir.display()))?;
+    // Controller data below holds the CA key and the admin token.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&st.state_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict {}", st.state_dir.display()))?;
+    }
     let slot = claim_slot(&a.name)?;
     st.slot = Some(slot);
     st.save()?;
@@ -716,10 +722,17 @@ async fn build(
             .filter_map(|h| h.agent.as_ref().map(|g| g.node_id.clone()))
             .collect();
         loop {
+            // Registered and heartbeating (a lease), so `get nodes` shows them Ready.
             let have: BTreeSet<String> = client
                 .get::<NodeList>("/v1/nodes")
                 .await
-                .map(|l| l.items.into_iter().map(|n| n.info.id).collect())
+                .map(|l| {
+                    l.items
+                        .into_iter()
+                        .filter(|n| n.lease.is_some())
+                        .map(|n| n.info.id)
+                        .collect()
+                })
                 .unwrap_or_default();
             if want.is_subset(&have) {
                 break;
@@ -733,7 +746,7 @@ async fn build(
             }
             ensure!(
                 Instant::now() < deadline,
-                "agents {:?} did not register within {:?}; see the logs in {}",
+                "agents {:?} did not register and heartbeat within {:?}; see the logs in {}",
                 want.difference(&have).collect::<Vec<_>>(),
                 a.timeout,
                 st.state_dir.join("logs").display()
@@ -1081,6 +1094,17 @@ pub fn teardown(st: &DevState) -> Result<()> {
         .iter()
         .filter_map(|h| h.agent.as_ref().map(|g| g.cgroup_parent.clone()))
         .collect();
+    // A chance to exit cleanly first (a container's init without a handler ignores it).
+    let first = stragglers(&inodes, &cgroups);
+    if !first.is_empty() {
+        for p in &first {
+            signal(p, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && first.iter().any(alive) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     for round in 0..50 {
         let left = stragglers(&inodes, &cgroups);
         if left.is_empty() {
@@ -1139,19 +1163,22 @@ pub fn teardown(st: &DevState) -> Result<()> {
             }
         }
     }
-    for h in &st.hosts {
-        if link_exists(&h.veth) {
-            if let Err(e) = run("ip", &["link", "del", &h.veth]) {
-                problems.push(e.to_string());
+    // A veth whose peer's namespace was just deleted disappears asynchronously: a failed
+    // delete of a link that is gone by then is no problem.
+    let del_link = |name: &str, problems: &mut Vec<String>| {
+        if link_exists(name) {
+            if let Err(e) = run("ip", &["link", "del", name]) {
+                if link_exists(name) {
+                    problems.push(e.to_string());
+                }
             }
         }
+    };
+    for h in &st.hosts {
+        del_link(&h.veth, &mut problems);
     }
     if let Some(b) = &st.bridge {
-        if link_exists(b) {
-            if let Err(e) = run("ip", &["link", "del", b]) {
-                problems.push(e.to_string());
-            }
-        }
+        del_link(b, &mut problems);
     }
 
     // 6. The state directory, only if up made it and nothing is mounted below it any more.

@@ -650,3 +650,44 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_is_consistent_and_parses() {
+        Cli::command().debug_assert();
+        for args in [
+            &["clusterctl", "completion", "bash"][..],
+            &["clusterctl", "completions", "zsh"],
+            &["clusterctl", "get", "nodes", "-o", "wide"],
+            &["clusterctl", "get", "wl", "web", "-o", "yaml"],
+            &["clusterctl", "apply", "-f", "-", "-f", "b.yaml"],
+            &["clusterctl", "scale", "workload", "web", "--replicas", "3"],
+            &["clusterctl", "logs", "-f", "--tail", "5", "web-0"],
+            &["clusterctl", "exec", "web-0", "--", "sh", "-c", "echo hi"],
+            &["clusterctl", "events", "-w"],
+            &[
+                "clusterctl",
+                "dev",
+                "up",
+                "--controllers",
+                "3",
+                "--agents",
+                "3",
+            ],
+            &["clusterctl", "dev", "down", "--name", "x"],
+        ] {
+            Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
+        for bad in [
+            &["clusterctl", "get", "pods"][..],
+            &["clusterctl", "scale", "workload", "web"],
+            &["clusterctl", "exec", "web-0"],
+            &["clusterctl", "get", "nodes", "-o", "xml"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+    }
+}

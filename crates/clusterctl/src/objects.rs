@@ -548,31 +548,57 @@ pub async fn events(client: &Client, watch: bool, output: Output) -> Result<()> 
     for e in &list.items {
         emit(e)?;
     }
-    // Then the stream of new ones, from the index the list was read at.
-    let path = format!("/v1/watch?kind=event&from={}", list.index);
-    let mut resp = client
-        .send(&Req::new(Method::GET, &path), None, true)
-        .await?;
-    let mut buf = String::new();
+    // Then the stream of new ones, from the index the list was read at. A broken stream (the
+    // controller went away) is resumed from the last revision seen, through any endpoint.
+    let mut from = list.index;
     let mut last_seq = list.items.last().map_or(0, |e| e.seq);
-    while let Some(chunk) = resp.chunk().await.context("the event stream broke off")? {
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buf.find("\n\n") {
-            let frame: String = buf.drain(..end + 2).collect();
-            let Some(data) = sse_data(&frame) else {
-                continue;
-            };
-            let w: WatchEvent = serde_json::from_str(&data).context("malformed watch event")?;
-            if let Some(obj) = w.object {
-                let e: Event = serde_json::from_value(obj).context("malformed event")?;
-                if e.seq > last_seq {
-                    last_seq = e.seq;
-                    emit(&e)?;
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        let path = format!("/v1/watch?kind=event&from={from}");
+        let broke = match client.send(&Req::new(Method::GET, &path), None, true).await {
+            Ok(mut resp) => {
+                failing_since = None;
+                let mut buf = String::new();
+                loop {
+                    match resp.chunk().await {
+                        Ok(Some(chunk)) => {
+                            buf.push_str(&String::from_utf8_lossy(&chunk));
+                            while let Some(end) = buf.find("\n\n") {
+                                let frame: String = buf.drain(..end + 2).collect();
+                                let Some(data) = sse_data(&frame) else {
+                                    continue;
+                                };
+                                let w: WatchEvent =
+                                    serde_json::from_str(&data).context("malformed watch event")?;
+                                // One entry can record several events: resume at the
+                                // revision before, the seq filter drops repeats.
+                                from = from.max(w.revision.saturating_sub(1));
+                                if let Some(obj) = w.object {
+                                    let e: Event =
+                                        serde_json::from_value(obj).context("malformed event")?;
+                                    if e.seq > last_seq {
+                                        last_seq = e.seq;
+                                        emit(&e)?;
+                                    }
+                                }
+                            }
+                        }
+                        Ok(None) => break "the controller closed the stream".to_owned(),
+                        Err(e) => break format!("the stream broke off: {e}"),
+                    }
                 }
             }
+            // A refusal (bad token, bad query) does not get better by retrying.
+            Err(e) if e.downcast_ref::<ApiFailure>().is_some() => return Err(e),
+            Err(e) => format!("{e:#}"),
+        };
+        let since = *failing_since.get_or_insert_with(Instant::now);
+        if since.elapsed() > Duration::from_secs(60) {
+            bail!("the event stream is gone for a minute: {broke}");
         }
+        eprintln!("events: {broke}; resuming from revision {from}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    bail!("the controller closed the event stream")
 }
 
 #[cfg(test)]

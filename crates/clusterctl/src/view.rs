@@ -39,19 +39,17 @@ pub fn age(now: u64, at_ms: u64) -> String {
     }
 }
 
-/// Bytes as `512Mi`, `2Gi`, or a plain number when not a round size.
+/// Bytes as `512Mi`, `2Gi`, `23.5Gi` (one decimal when not a round size).
 pub fn bytes(b: u64) -> String {
     const UNITS: [(&str, u64); 3] = [("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)];
     for (u, n) in UNITS {
-        if b >= n && b.is_multiple_of(n) {
-            return format!("{}{u}", b / n);
+        if b >= n {
+            return if b.is_multiple_of(n) {
+                format!("{}{u}", b / n)
+            } else {
+                format!("{:.1}{u}", b as f64 / n as f64)
+            };
         }
-    }
-    if b >= 1 << 30 {
-        return format!("{:.1}Gi", b as f64 / (1u64 << 30) as f64);
-    }
-    if b >= 1 << 20 {
-        return format!("{:.1}Mi", b as f64 / (1u64 << 20) as f64);
     }
     b.to_string()
 }
@@ -71,12 +69,17 @@ fn snake(v: impl serde::Serialize) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-/// `Ready`, `NotReady`, plus `SchedulingDisabled` / `Draining`. A server-side `status` string
-/// wins; otherwise the lease is compared with the local clock (dev clusters run on one host).
+/// `Ready`, `NotReady`, plus `SchedulingDisabled` / `Draining`. The server's `ready` (its
+/// lease check) wins; without it the lease is compared with the local clock.
 pub fn node_status(raw: &Value, n: &NodeRecord, now: u64) -> String {
     let mut parts = Vec::new();
-    match raw.get("status").and_then(Value::as_str) {
-        Some(s) => parts.push(s.to_owned()),
+    let server = raw
+        .get("ready")
+        .and_then(Value::as_bool)
+        .map(|r| if r { "Ready" } else { "NotReady" }.to_owned())
+        .or_else(|| raw.get("status").and_then(Value::as_str).map(str::to_owned));
+    match server {
+        Some(s) => parts.push(s),
         None => {
             let ready = n
                 .lease
@@ -177,10 +180,17 @@ fn ready_count(raw: &Value, w: &WorkloadRecord, instances: &[InstanceRecord]) ->
 
 /// The workload status note: unplaced replicas and the reason, when the server reports them.
 pub fn workload_note(raw: &Value) -> String {
-    let Some(st) = raw.get("status").filter(|s| !s.is_null()) else {
-        return "-".into();
-    };
     let mut parts = Vec::new();
+    if raw.get("deleting").and_then(Value::as_bool) == Some(true) {
+        parts.push("deleting".to_owned());
+    }
+    let Some(st) = raw.get("status").filter(|s| !s.is_null()) else {
+        return if parts.is_empty() {
+            "-".into()
+        } else {
+            parts.join(": ")
+        };
+    };
     if let Some(n) = st
         .get("unplaced")
         .and_then(Value::as_u64)
@@ -576,6 +586,8 @@ mod tests {
         assert_eq!(bytes(4 << 30), "4Gi");
         assert_eq!(bytes(64 << 20), "64Mi");
         assert_eq!(bytes(1000), "1000");
+        assert_eq!(bytes(24_683_656 << 10), "23.5Gi");
+        assert_eq!(bytes(1536 << 10), "1.5Mi");
         assert_eq!(millicores(2000), "2");
         assert_eq!(millicores(250), "250m");
     }
@@ -608,9 +620,12 @@ mod tests {
         assert!(w.contains("LABELS") && w.contains("zone=a"), "{w}");
         // A server-side status wins over the lease.
         let (mut raw, n) = node("n3", true, None);
-        raw["status"] = "Ready".into();
+        raw["ready"] = true.into();
         raw["draining"] = true.into();
         assert_eq!(node_status(&raw, &n, NOW), "Ready,Draining");
+        let (mut raw, n) = node("n4", false, Some(0));
+        raw["ready"] = false.into();
+        assert_eq!(node_status(&raw, &n, NOW), "NotReady,SchedulingDisabled");
     }
 
     #[test]
@@ -642,6 +657,13 @@ mod tests {
         raw["status"] = serde_json::json!({"ready": 2, "unplaced": 1, "reason": "no node with 4 GiB of free memory"});
         let t = workloads_table(&[(raw.clone(), w.clone())], &inst, NOW, true);
         assert!(t.contains("2/3"), "{t}");
+        let mut del = raw.clone();
+        del["deleting"] = true.into();
+        assert!(
+            workload_note(&del).starts_with("deleting: 1 unplaced"),
+            "{}",
+            workload_note(&del)
+        );
         assert!(
             t.contains("1 unplaced: no node with 4 GiB of free memory"),
             "{t}"
