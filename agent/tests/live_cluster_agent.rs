@@ -1,12 +1,14 @@
-//! Live test of the agent as a cluster member: a real `flotilla-controller` process (API on
-//! 127.0.0.1), the test registry with the busybox image (127.0.0.1), and the agent with its
-//! node network in a network namespace this test makes (node and container addresses in
-//! 198.18.0.0/15). The agent joins with a token, heartbeats, runs what is placed on it,
-//! reports state and IP, stops what is stopping, re-adopts its container after `kill -9`
-//! without a duplicate, and restarts an instance whose liveness probe fails until it gives up.
-//! Everything is removed at the end and checked.
+//! Live test of the agent as a cluster member, all inside one network namespace this test
+//! makes (a "host"): a real `flotilla-controller` process and the test registry with the
+//! busybox image on that namespace's loopback, the agent with its node network there (node and
+//! container addresses in 198.18.0.0/15). The agent joins with a token, heartbeats, runs what
+//! is placed on it, reports state and IP, serves logs and exec to the controller over mTLS
+//! (and refuses other clients), stops what is stopping, re-adopts its container after
+//! `kill -9` without a duplicate, removes what is moved away, and restarts an instance whose
+//! liveness probe fails until it gives up. Everything is removed at the end and checked.
 
-use std::net::TcpListener;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -64,17 +66,42 @@ fn controller_bin(into: &Path) -> Result<PathBuf> {
     Ok(copy)
 }
 
-fn free_addr() -> Result<String> {
-    Ok(format!(
-        "127.0.0.1:{}",
-        TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()
-    ))
+/// Make `cmd` start inside the network namespace open as `fd` (and nothing else changes:
+/// `ip netns exec` would also give it a mount namespace of its own).
+fn in_netns(cmd: &mut Command, fd: RawFd) -> &mut Command {
+    // SAFETY: setns is async-signal-safe; it runs in the child between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Run `f` on a thread of its own inside the namespace at `ns` (processes it spawns are born
+/// there).
+fn on_netns_thread<T: Send + 'static>(
+    ns: PathBuf,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    std::thread::spawn(move || -> Result<T> {
+        let file = std::fs::File::open(&ns)?;
+        // SAFETY: setns on this thread only.
+        ensure!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } == 0);
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread panicked"))?
 }
 
 /// Everything the test made; removed on drop, whatever happened.
 struct World {
     dir: tempfile::TempDir,
     netns: String,
+    /// The namespace, open: children join it by this fd.
+    ns_fd: Option<std::fs::File>,
     cgroup_parent: String,
     controller: Option<Child>,
     agent: Option<Child>,
@@ -97,7 +124,8 @@ impl World {
             .open(self.dir.path().join("agent.log"))?;
         let before = self.agent_log().matches("\nready\n").count()
             + usize::from(self.agent_log().starts_with("ready\n"));
-        let child = Command::new(AGENT)
+        let fd = self.ns_fd.as_ref().context("netns")?.as_raw_fd();
+        let child = in_netns(&mut Command::new(AGENT), fd)
             .args(&self.agent_args)
             .env("FLOTILLA_LOG", "info,flotilla_agent=debug")
             .stdin(Stdio::null())
@@ -255,31 +283,48 @@ struct Api {
 }
 
 impl Api {
+    /// Run `f` on a worker thread (they live in the test's namespace).
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl std::future::Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        self.rt.block_on(self.rt.spawn(f))?
+    }
+
+    fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, String)> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(20));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        self.run(async move {
+            let resp = req.send().await?;
+            let status = resp.status().as_u16();
+            Ok((status, resp.text().await?))
+        })
+    }
+
     fn call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
     ) -> Result<(u16, Value)> {
-        self.rt.block_on(async {
-            let mut req = self
-                .http
-                .request(method, format!("{}{path}", self.base))
-                .bearer_auth(&self.token)
-                .timeout(Duration::from_secs(20));
-            if let Some(b) = body {
-                req = req.json(&b);
-            }
-            let resp = req.send().await?;
-            let status = resp.status().as_u16();
-            let text = resp.text().await?;
-            let v = if text.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_str(&text).with_context(|| format!("{path}: {text}"))?
-            };
-            Ok((status, v))
-        })
+        let (status, text) = self.raw(method, path, body)?;
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).with_context(|| format!("{path}: {text}"))?
+        };
+        Ok((status, v))
     }
 
     fn ok(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
@@ -347,6 +392,7 @@ fn live_cluster_agent_joins_runs_reports_stops_readopts_and_restarts_on_liveness
     let mut w = World {
         dir,
         netns: format!("flt-ca-{pid}"),
+        ns_fd: None,
         cgroup_parent: format!("flotilla-cluster-agent-test-{pid}"),
         controller: None,
         agent: None,
@@ -362,13 +408,16 @@ fn live_cluster_agent_joins_runs_reports_stops_readopts_and_restarts_on_liveness
         .args(["-n", &w.netns, "link", "set", "lo", "up"])
         .status()?
         .success());
+    w.ns_fd = Some(std::fs::File::open(w.netns_path())?);
+    let ns_fd = w.ns_fd.as_ref().context("netns")?.as_raw_fd();
 
     // The controller.
     let bin = controller_bin(w.dir.path())?;
-    let (raft, api_addr) = (free_addr()?, free_addr()?);
+    // A fresh namespace: its loopback ports are all free.
+    let (raft, api_addr) = ("127.0.0.1:17101".to_owned(), "127.0.0.1:17102".to_owned());
     let cdir = w.dir.path().join("c1");
     w.controller = Some(
-        Command::new(&bin)
+        in_netns(&mut Command::new(&bin), ns_fd)
             .args(["--id", "1", "--raft-addr", &raft, "--api-addr", &api_addr])
             .arg("--data-dir")
             .arg(&cdir)
@@ -388,10 +437,16 @@ fn live_cluster_agent_joins_runs_reports_stops_readopts_and_restarts_on_liveness
     let admin = std::fs::read_to_string(cdir.join("admin.token"))?
         .trim()
         .to_owned();
+    let ns_path = w.netns_path();
     let api = Api {
         rt: tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
+            .on_thread_start(move || {
+                let f = std::fs::File::open(&ns_path).expect("netns");
+                // SAFETY: setns on this new worker thread only.
+                assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            })
             .build()?,
         http: reqwest::Client::builder()
             .no_proxy()
@@ -417,14 +472,17 @@ fn live_cluster_agent_joins_runs_reports_stops_readopts_and_restarts_on_liveness
         &layout,
         "1",
     )?;
-    let reg = flotilla_image::testregistry::TestRegistry::start_plain()?;
+    let reg = on_netns_thread(
+        w.netns_path(),
+        flotilla_image::testregistry::TestRegistry::start_plain,
+    )??;
     let image = reg.reference("test/busybox:1");
-    api.rt.block_on(flotilla_image::registry::push_oci_layout(
-        &layout,
-        None,
-        &image,
-        &reg.options(flotilla_image::RegistryAuth::Anonymous),
-    ))?;
+    let opts = reg.options(flotilla_image::RegistryAuth::Anonymous);
+    let (l2, i2) = (layout.clone(), image.clone());
+    api.run(async move {
+        flotilla_image::registry::push_oci_layout(&l2, None, &i2, &opts).await?;
+        Ok(())
+    })?;
 
     // A bad join is refused with the controller's reason and leaves no identity.
     let subnet_octet = 100 + pid % 100;
@@ -444,8 +502,6 @@ fn live_cluster_agent_joins_runs_reports_stops_readopts_and_restarts_on_liveness
             subnet.clone(),
             "--bridge".into(),
             bridge.clone(),
-            "--node-netns".into(),
-            w.netns_path().display().to_string(),
             "--registry-insecure".into(),
             reg.addr.clone(),
         ];
@@ -468,7 +524,7 @@ fn live_cluster_agent_joins_runs_reports_stops_readopts_and_restarts_on_liveness
         );
         v
     };
-    let bad = Command::new(AGENT)
+    let bad = in_netns(&mut Command::new(AGENT), ns_fd)
         .args(base_args("abcdef.0123456789abcdef"))
         .output()?;
     ensure!(!bad.status.success(), "joined with a forged token");
@@ -516,7 +572,7 @@ fn live_cluster_agent_joins_runs_reports_stops_readopts_and_restarts_on_liveness
     api.ok(
         reqwest::Method::PUT,
         "/v1/workloads/web",
-        Some(json!({"image": image, "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"],
+        Some(json!({"image": image, "command": ["sh", "-c", "echo started-$GREETING; trap 'exit 0' TERM; while true; do sleep 1; done"],
             "replicas": 1, "stopGraceMs": 3000, "env": {"GREETING": "hi"}})),
     )?;
     api.command(
@@ -546,6 +602,69 @@ fn live_cluster_agent_joins_runs_reports_stops_readopts_and_restarts_on_liveness
         .context("ip")?
         .to_owned();
     ensure!(local[0].ip.as_deref() == Some(ip.as_str()));
+
+    // Logs and exec through the controller, which dials the agent with its certificate.
+    let (s, logs) = api.raw(
+        reqwest::Method::GET,
+        "/v1/instances/web-0/logs?tail=10",
+        None,
+    )?;
+    ensure!(
+        s == 200 && logs.contains("started-hi"),
+        "logs: {s} {logs:?}"
+    );
+    let r = api.ok(
+        reqwest::Method::POST,
+        "/v1/instances/web-0/exec",
+        Some(json!({"command": ["cat", "/etc/hostname"]})),
+    )?;
+    ensure!(r["exitCode"] == 0 && r["stdout"] == "web-0\n", "exec: {r}");
+    // The agent's API admits only controllers: not a client without a certificate, nor one
+    // with a cluster certificate that names a node.
+    let agent_url = format!("https://{advertise}/v1/containers");
+    let anonymous = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .tls_backend_preconfigured(flotilla_agent::cluster::tls::ca_client_config(&ca_pem)?)
+        .build()?;
+    let u = agent_url.clone();
+    ensure!(
+        api.run(async move { Ok(anonymous.get(u).send().await.is_err()) })?,
+        "the agent api answered a client without a certificate"
+    );
+    let node_client = {
+        use rustls::pki_types::pem::PemObject;
+        let cdir = w.dir.path().join("state/cluster");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls::pki_types::CertificateDer::from_pem_slice(
+            ca_pem.as_bytes(),
+        )?)?;
+        let chain = vec![rustls::pki_types::CertificateDer::from_pem_file(
+            cdir.join("node.crt"),
+        )?];
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(cdir.join("node.key"))?;
+        let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+        reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .tls_backend_preconfigured(cfg)
+            .build()?
+    };
+    let u = agent_url.clone();
+    ensure!(
+        api.run(async move {
+            Ok(match node_client.get(u).send().await {
+                Err(_) => true,
+                Ok(r) => !r.status().is_success(),
+            })
+        })?,
+        "the agent api answered a node certificate"
+    );
 
     // kill -9 the agent and start it again: it re-adopts, never duplicates.
     w.kill_agent(libc::SIGKILL);

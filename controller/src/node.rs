@@ -197,6 +197,7 @@ enum Attempt<T> {
 pub struct ControllerNode {
     id: NodeId,
     addr: ControllerAddr,
+    data_dir: std::path::PathBuf,
     raft: Raft,
     sm: Arc<RwLock<SmData>>,
     peers: Arc<dyn PeerTransport>,
@@ -225,6 +226,7 @@ impl ControllerNode {
         let node = Arc::new(Self {
             id: config.id,
             addr: config.addr.clone(),
+            data_dir: config.data_dir.clone(),
             raft,
             sm: sm_data,
             peers,
@@ -251,6 +253,11 @@ impl ControllerNode {
 
     pub fn addr(&self) -> &ControllerAddr {
         &self.addr
+    }
+
+    /// Where this controller keeps its store and TLS material.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
     }
 
     /// The openraft handle, for the Raft RPC server and tests.

@@ -49,6 +49,8 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(join_node))
         .routes(routes!(heartbeat))
         .routes(routes!(report_status))
+        .routes(routes!(instance_logs))
+        .routes(routes!(instance_exec))
 }
 
 /// Query of `GET /v1/instances`: the read parameters plus `node`.
@@ -467,6 +469,167 @@ async fn report_status(
     let (index, item) = st.snapshot(|s| s.instances.get(&id).cloned());
     let item = item.ok_or_else(|| ApiError::not_found(format!("instance {id}")))?;
     Ok(json_at(StatusCode::OK, index, Some(item.revision), &item))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Logs and exec: proxied to the owning agent's mTLS API with this controller's certificate
+// ---------------------------------------------------------------------------------------------
+
+/// Query of `GET /v1/instances/{id}/logs`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct LogsQuery {
+    /// Keep the stream open and send new lines as they come.
+    #[serde(default)]
+    follow: bool,
+    /// Only the last N lines.
+    #[serde(default)]
+    tail: Option<usize>,
+}
+
+/// The agent API base URL of the node owning instance `id`.
+async fn owner_base(st: &ApiState, id: &str) -> Result<String, ApiError> {
+    let owner = st
+        .node
+        .read_linearizable(|s| {
+            s.instances.get(id).map(|i| {
+                let node = i.owner_node.clone();
+                let addr = node
+                    .as_ref()
+                    .and_then(|n| s.nodes.get(n))
+                    .map(|n| n.info.address.clone());
+                (node, addr)
+            })
+        })
+        .await?;
+    match owner {
+        None => Err(ApiError::not_found(format!("instance {id}"))),
+        Some((None, _)) => Err(ApiError::conflict(format!(
+            "instance {id} is not placed on a node"
+        ))),
+        Some((Some(n), None)) => Err(ApiError::conflict(format!(
+            "node {n} that owns instance {id} is not registered"
+        ))),
+        Some((Some(_), Some(addr))) => Ok(format!("https://{addr}")),
+    }
+}
+
+/// A client presenting this controller's certificate and trusting the cluster CA only.
+fn agent_client(st: &ApiState, timeout: Option<std::time::Duration>) -> Result<reqwest::Client, ApiError> {
+    let unavailable = |detail: String| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no-agent-client", detail)
+    };
+    let identity = crate::tls::Identity::load(st.node.data_dir())
+        .map_err(|e| unavailable(format!("cannot read this controller's certificate: {}", error_chain(&e))))?
+        .ok_or_else(|| unavailable("this controller has no certificate to reach agents with".into()))?;
+    let mut tls = identity
+        .raft_client_config()
+        .map_err(|e| ApiError::internal(error_chain(&e)))?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut b = reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .tls_backend_preconfigured(tls);
+    if let Some(t) = timeout {
+        b = b.timeout(t);
+    }
+    b.build().map_err(|e| ApiError::internal(error_chain(&e)))
+}
+
+fn agent_unreachable(e: &reqwest::Error) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "agent-unreachable",
+        format!("cannot reach the owning agent: {}", error_chain(e)),
+    )
+}
+
+/// An agent's error answer, passed on as a problem.
+async fn agent_refused(resp: reqwest::Response) -> ApiError {
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let detail = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["detail"].as_str().map(str::to_owned))
+        .unwrap_or(text);
+    let status = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    ApiError::new(status, "agent-refused", format!("the agent answered: {detail}"))
+}
+
+/// An instance's output (stdout and stderr lines), from its agent; `follow` streams.
+#[utoipa::path(get, path = "/v1/instances/{id}/logs", tag = "agents",
+    params(("id" = String, Path, description = "the instance id"), LogsQuery),
+    responses(
+        (status = 200, description = "the log as text/plain, streamed when following", content_type = "text/plain"),
+        (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the owning agent cannot be reached", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn instance_logs(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    super::extract::StrictQuery(q): super::extract::StrictQuery<LogsQuery>,
+) -> Result<Response, ApiError> {
+    validate::path_subdomain("id", &id)?;
+    let base = owner_base(&st, &id).await?;
+    let client = agent_client(&st, None)?;
+    let mut url = format!("{base}/v1/containers/{id}/logs?follow={}", q.follow);
+    if let Some(t) = q.tail {
+        url.push_str(&format!("&tail={t}"));
+    }
+    let resp = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| agent_unreachable(&e))?;
+    if !resp.status().is_success() {
+        return Err(agent_refused(resp).await);
+    }
+    let body = axum::body::Body::from_stream(resp.bytes_stream());
+    Ok(axum::response::IntoResponse::into_response((
+        [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )))
+}
+
+/// Run a command inside an instance's container (non-interactive), through its agent.
+#[utoipa::path(post, path = "/v1/instances/{id}/exec", tag = "agents",
+    params(("id" = String, Path, description = "the instance id")),
+    request_body(content = Object, description = "`{\"command\": [...], \"env\": [\"K=V\"], \"cwd\": \"/\"}`"),
+    responses(
+        (status = 200, description = "`{\"exitCode\", \"stdout\", \"stderr\"}`", body = Object),
+        (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the owning agent cannot be reached", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn instance_exec(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<serde_json::Value>,
+) -> Result<Response, ApiError> {
+    validate::path_subdomain("id", &id)?;
+    let cmd = body.get("command").and_then(|c| c.as_array());
+    if !cmd.is_some_and(|c| !c.is_empty() && c.iter().all(serde_json::Value::is_string)) {
+        return Err(ApiError::invalid(
+            "command",
+            "a non-empty array of strings is required",
+        ));
+    }
+    let base = owner_base(&st, &id).await?;
+    let client = agent_client(&st, Some(std::time::Duration::from_secs(300)))?;
+    let resp = client
+        .post(format!("{base}/v1/containers/{id}/exec"))
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| agent_unreachable(&e))?;
+    if !resp.status().is_success() {
+        return Err(agent_refused(resp).await);
+    }
+    let v: serde_json::Value = resp
+        .json()
+        .await
+        .map_err(|e| agent_unreachable(&e))?;
+    Ok(json_at(StatusCode::OK, st.node.applied_index(), None, &v))
 }
 
 #[cfg(test)]
