@@ -48,6 +48,10 @@ pub struct OrchestratorConfig {
     pub tick: Duration,
     /// Most instances (placed, stopped or deleted) per log entry: bounds the entry size.
     pub max_batch: usize,
+    /// After a round that changed nothing, the next one waits at least this long: node
+    /// heartbeats and agent reports change the applied index all the time, and a full plan
+    /// per entry would keep a core busy on a large cluster.
+    pub idle_gap: Duration,
 }
 
 impl Default for OrchestratorConfig {
@@ -55,6 +59,7 @@ impl Default for OrchestratorConfig {
         Self {
             tick: Duration::from_secs(1),
             max_batch: 2_000,
+            idle_gap: Duration::from_millis(50),
         }
     }
 }
@@ -509,7 +514,17 @@ pub async fn run(
     let mut metrics = node.raft().metrics();
     let mut last_applied = None;
     let mut last_round = Instant::now() - config.tick;
+    let mut idle = false;
     loop {
+        if idle {
+            let gap = config.idle_gap.saturating_sub(last_round.elapsed());
+            if !gap.is_zero() {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = tokio::time::sleep(gap) => {}
+                }
+            }
+        }
         let wait = config.tick.saturating_sub(last_round.elapsed());
         tokio::select! {
             _ = stop.changed() => break,
@@ -533,6 +548,7 @@ pub async fn run(
         match round(&node, &config).await {
             Ok(stats) => {
                 last_applied = applied;
+                idle = stats.commands == 0;
                 if stats.commands > 0 {
                     tracing::debug!(
                         node_id = node.id(),

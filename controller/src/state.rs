@@ -716,7 +716,7 @@ impl ClusterState {
     }
 
     fn stop_instances(&mut self, index: u64, c: &StopInstances) -> Outcome {
-        let mut stopped = 0usize;
+        let mut stopped: BTreeMap<String, u32> = BTreeMap::new();
         for id in &c.instance_ids {
             let Some(inst) = self.instances.get_mut(id) else {
                 continue;
@@ -730,22 +730,39 @@ impl ClusterState {
             inst.phase = InstancePhase::Stopping;
             inst.updated_at_ms = c.at_ms;
             inst.revision = index;
-            stopped += 1;
+            *stopped.entry(inst.workload.clone()).or_default() += 1;
         }
-        if stopped == 0 {
+        if stopped.is_empty() {
             return Err(rejected("no instance to stop"));
+        }
+        // One event per workload, not per instance (the ring holds 1,000).
+        for (workload, n) in stopped {
+            let message = format!("stopping {n} instance(s) of {workload}");
+            self.event(
+                index,
+                c.at_ms,
+                ObjectKey::Workload(workload),
+                "stopping",
+                message,
+            );
         }
         Ok(CommandResult::Applied { revision: index })
     }
 
     fn delete_instances(&mut self, index: u64, c: &DeleteInstances) -> Outcome {
-        let deleted = c
-            .instance_ids
-            .iter()
-            .filter(|id| self.instances.remove(id.as_str()).is_some())
-            .count();
-        if deleted == 0 {
+        let mut deleted: BTreeMap<String, u32> = BTreeMap::new();
+        for id in &c.instance_ids {
+            if let Some(inst) = self.instances.remove(id.as_str()) {
+                *deleted.entry(inst.workload).or_default() += 1;
+            }
+        }
+        if deleted.is_empty() {
             return Err(rejected("no instance to delete"));
+        }
+        for (workload, n) in deleted {
+            let message = format!("removed {n} instance(s) of {workload}");
+            let key = ObjectKey::Workload(workload);
+            self.event(index, c.at_ms, key, "instances_removed", message);
         }
         Ok(CommandResult::Applied { revision: index })
     }

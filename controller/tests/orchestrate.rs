@@ -94,13 +94,20 @@ async fn env(nodes: &[&str]) -> Result<Env> {
             stop_agents.clone(),
         ));
     }
-    Ok(Env {
+    let env = Env {
         _dir: dir,
         cluster,
         routers,
         fail,
         stop_agents,
+    };
+    // Every simulated agent holds a lease before the test starts placing.
+    let count = nodes.len();
+    env.until("every node ready", Duration::from_secs(20), |e| {
+        e.state(|s| s.nodes.values().filter(|n| n.lease_valid(now_ms())).count()) == count
     })
+    .await?;
+    Ok(env)
 }
 
 impl Drop for Env {
