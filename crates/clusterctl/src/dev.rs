@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::Client;
 use crate::config::{self, Config};
+use crate::devregistry;
 
 const CONTROLLER_RAFT_PORT: u16 = 7000;
 const CONTROLLER_API_PORT: u16 = 7443;
@@ -112,6 +113,28 @@ pub struct DevState {
     pub bridge: Option<String>,
     #[serde(default)]
     pub hosts: Vec<Host>,
+    /// The binaries `up` used, so `dev start` restarts a host with the same ones.
+    #[serde(default)]
+    pub controller_bin: Option<PathBuf>,
+    #[serde(default)]
+    pub agent_bin: Option<PathBuf>,
+    /// The dev registry (started when there are agents).
+    #[serde(default)]
+    pub registry: Option<Registry>,
+}
+
+/// The dev cluster's image registry on the bridge's host side (see `devregistry`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Registry {
+    pub dir: PathBuf,
+    /// `198.18.K.1:5000`; agents pull from it over plain HTTP.
+    pub addr: String,
+    #[serde(default)]
+    pub process: Option<Proc>,
+    /// The sample busybox image pushed at start.
+    #[serde(default)]
+    pub sample: Option<String>,
 }
 
 fn state_file(name: &str) -> PathBuf {
@@ -489,6 +512,9 @@ pub async fn up(a: UpArgs) -> Result<()> {
         slot: None,
         bridge: None,
         hosts: Vec::new(),
+        controller_bin: Some(controller_bin.clone()),
+        agent_bin: agent_bin.clone(),
+        registry: None,
     };
     st.save()?;
     match build(&mut st, &a, &controller_bin, agent_bin.as_deref()).await {
@@ -545,6 +571,35 @@ async fn build(
         ],
     )?;
     run("ip", &["link", "set", &bridge, "up"])?;
+
+    // --- the dev registry on the bridge's host side, with the sample image
+    let mut registries = a.registry_insecure.clone();
+    if a.agents > 0 {
+        let dir = st.state_dir.join("registry");
+        let ip: std::net::IpAddr = format!("198.18.{slot}.1").parse()?;
+        st.registry = Some(Registry {
+            dir: dir.clone(),
+            addr: std::net::SocketAddr::new(ip, devregistry::PORT).to_string(),
+            process: None,
+            sample: None,
+        });
+        st.save()?;
+        let reg = devregistry::start(&dir, ip)?;
+        let (_, start_time) = proc_stat(reg.pid as i32).context("the registry process vanished")?;
+        if let Some(r) = st.registry.as_mut() {
+            r.process = Some(Proc {
+                pid: reg.pid as i32,
+                start_time,
+            });
+        }
+        st.save()?;
+        let sample = reg.push_sample(&dir).await?;
+        if let Some(r) = st.registry.as_mut() {
+            r.sample = Some(sample);
+        }
+        st.save()?;
+        registries.push(reg.addr.clone());
+    }
 
     // --- one netns per host
     let mut names: Vec<(String, String)> = (1..=a.controllers)
@@ -710,10 +765,8 @@ async fn build(
                 j,
                 slot,
                 agent_bin,
-                &c1_api,
-                &t.token,
-                &ca_hash,
-                &a.registry_insecure,
+                Some((&c1_api, &t.token, &ca_hash)),
+                &registries,
             )?;
         }
         let want: BTreeSet<String> = st
@@ -777,6 +830,13 @@ async fn build(
             )),
             _ => {}
         }
+    }
+    if let Some(r) = &st.registry {
+        s.push_str(&format!(
+            "  registry:    {} (plain HTTP; sample image {})\n",
+            r.addr,
+            r.sample.as_deref().unwrap_or("-")
+        ));
     }
     s.push_str(&format!("  dashboard:   https://{c1_api}/ui/\n"));
     s.push_str(&format!("  state:       {}\n", st.state_dir.display()));
@@ -862,9 +922,7 @@ fn start_agent(
     j: u32,
     slot: u16,
     bin: &Path,
-    via: &str,
-    token: &str,
-    ca_hash: &str,
+    join: Option<(&str, &str, &str)>,
     registries: &[String],
 ) -> Result<Proc> {
     let h = st.hosts[idx].clone();
@@ -896,12 +954,6 @@ fn start_agent(
         agent.bridge.clone(),
         "--node-netns".to_owned(),
         netns_path(&h.netns).display().to_string(),
-        "--join".to_owned(),
-        format!("https://{via}"),
-        "--token".to_owned(),
-        token.to_owned(),
-        "--ca-cert-hash".to_owned(),
-        ca_hash.to_owned(),
         "--node-id".to_owned(),
         agent.node_id.clone(),
         "--advertise".to_owned(),
@@ -911,6 +963,17 @@ fn start_agent(
     ];
     for r in registries {
         args.extend(["--registry-insecure".into(), r.clone()]);
+    }
+    // Only the first start joins; a restart finds its identity under the root.
+    if let Some((via, token, ca_hash)) = join {
+        args.extend([
+            "--join".into(),
+            format!("https://{via}"),
+            "--token".into(),
+            token.into(),
+            "--ca-cert-hash".into(),
+            ca_hash.into(),
+        ]);
     }
     let log = st.state_dir.join("logs").join(format!("{}.log", h.name));
     let p = spawn_in(&h.netns, bin, &args, &[("RUST_LOG", "info")], &log)?;
@@ -1083,6 +1146,12 @@ pub fn teardown(st: &DevState) -> Result<()> {
         }
     }
 
+    if let Some(p) = st.registry.as_ref().and_then(|r| r.process.as_ref()) {
+        if !stop(p, Duration::from_secs(5)) {
+            problems.push(format!("the dev registry (pid {}) did not exit", p.pid));
+        }
+    }
+
     // 2. What the agents left running: shims and containers, found by netns and cgroup.
     let inodes: Vec<u64> = st
         .hosts
@@ -1231,6 +1300,99 @@ pub fn teardown(st: &DevState) -> Result<()> {
         }
     }
     let _ = std::fs::remove_file(state_file(&st.name));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// registry, kill, start: what tests and demos need to poke a running dev cluster
+// ---------------------------------------------------------------------------------------------
+
+fn loaded(name: &str) -> Result<DevState> {
+    validate_name(name)?;
+    DevState::load(name)?.with_context(|| {
+        format!(
+            "no dev cluster named {name:?} (no {})",
+            state_file(name).display()
+        )
+    })
+}
+
+/// The dev registry's `host:port`.
+pub fn registry(name: &str) -> Result<String> {
+    let st = loaded(name)?;
+    st.registry.map(|r| r.addr).with_context(|| {
+        format!("dev cluster {name} has no registry (it was started without agents)")
+    })
+}
+
+fn host_index(st: &DevState, host: &str) -> Result<usize> {
+    st.hosts
+        .iter()
+        .position(|h| h.name == host)
+        .with_context(|| {
+            format!(
+                "dev cluster {} has no host {host:?} (hosts: {})",
+                st.name,
+                st.hosts
+                    .iter()
+                    .map(|h| h.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
+/// SIGKILL a host's process (a crash, for tests and demos); its containers keep running.
+pub fn kill(name: &str, host: &str) -> Result<()> {
+    root_required()?;
+    let st = loaded(name)?;
+    let h = &st.hosts[host_index(&st, host)?];
+    let p = h
+        .process
+        .filter(alive)
+        .with_context(|| format!("{host} of dev cluster {name} is not running"))?;
+    signal(&p, libc::SIGKILL);
+    ensure!(
+        wait_gone(&p, Duration::from_secs(10)),
+        "{host} (pid {}) did not die",
+        p.pid
+    );
+    eprintln!("{host} of dev cluster {name} killed (pid {})", p.pid);
+    Ok(())
+}
+
+/// Start a host's process again from its data directory (no join: it is a member already).
+pub fn start(name: &str, host: &str) -> Result<()> {
+    root_required()?;
+    let mut st = loaded(name)?;
+    let idx = host_index(&st, host)?;
+    let h = st.hosts[idx].clone();
+    if let Some(p) = h.process.filter(alive) {
+        bail!("{host} of dev cluster {name} is running (pid {})", p.pid);
+    }
+    let p = if h.agent.is_some() {
+        let bin = find_bin(
+            st.agent_bin.clone().as_deref(),
+            "flotilla-agent",
+            "--agent-bin",
+        )?;
+        let slot = st.slot.context("the state file has no slot")?;
+        let j: u32 = host
+            .strip_prefix('a')
+            .and_then(|n| n.parse().ok())
+            .context("agent host names are a<N>")?;
+        let registries: Vec<String> = st.registry.iter().map(|r| r.addr.clone()).collect();
+        start_agent(&mut st, idx, j, slot, &bin, None, &registries)?
+    } else {
+        let bin = find_bin(
+            st.controller_bin.clone().as_deref(),
+            "flotilla-controller",
+            "--controller-bin",
+        )?;
+        let dir = st_dir(&st.state_dir, "controllers", host);
+        start_controller(&mut st, idx, &bin, &dir, None)?
+    };
+    eprintln!("{host} of dev cluster {name} started (pid {})", p.pid);
     Ok(())
 }
 

@@ -11,6 +11,7 @@
 mod client;
 mod config;
 mod dev;
+mod devregistry;
 mod manifest;
 mod objects;
 mod view;
@@ -180,6 +181,23 @@ enum DevCmd {
     Down {
         #[arg(long, default_value = "dev")]
         name: String,
+    },
+    /// Print the dev registry's host:port (agents pull from it over plain HTTP).
+    Registry {
+        #[arg(long, default_value = "dev")]
+        name: String,
+    },
+    /// SIGKILL one host's process (`c1`, `a2`, ...), as a crash would.
+    Kill {
+        #[arg(long, default_value = "dev")]
+        name: String,
+        host: String,
+    },
+    /// Start one host's process again from its data directory.
+    Start {
+        #[arg(long, default_value = "dev")]
+        name: String,
+        host: String,
     },
 }
 
@@ -406,6 +424,9 @@ async fn run(cli: Cli) -> Result<()> {
             .await?;
         }
         Cmd::Dev(DevCmd::Down { name }) => dev::down(&name)?,
+        Cmd::Dev(DevCmd::Registry { name }) => println!("{}", dev::registry(&name)?),
+        Cmd::Dev(DevCmd::Kill { name, host }) => dev::kill(&name, &host)?,
+        Cmd::Dev(DevCmd::Start { name, host }) => dev::start(&name, &host)?,
         Cmd::Apply { files } => {
             let client = Client::new(&Config::load(&path)?, cli.context.as_deref())?;
             objects::apply(&client, &files, output).await?;

@@ -542,6 +542,8 @@ mod tests {
             registered_at_ms: NOW - 3_600_000,
             updated_at_ms: NOW,
             revision: 3,
+            draining: false,
+            ready: None,
         };
         (serde_json::to_value(&n).unwrap(), n)
     }
@@ -642,6 +644,8 @@ mod tests {
             created_at_ms: NOW - 30_000,
             updated_at_ms: NOW,
             revision: 7,
+            status: None,
+            deleting: false,
         };
         let mut raw = serde_json::to_value(&w).unwrap();
         let inst = vec![

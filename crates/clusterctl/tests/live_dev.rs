@@ -513,14 +513,6 @@ fn live_dev_up_with_bad_arguments_leaves_nothing_behind() -> Result<()> {
     Ok(())
 }
 
-/// Whether this tree's agent has cluster mode (`serve --join`, docs/cluster-protocol.md).
-/// Until the agent branch is merged it has not, and this test says so and returns.
-fn agent_has_cluster_mode() -> bool {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../agent/src/cluster/mod.rs")
-        .exists()
-}
-
 /// Controller and agent built from this tree, copied (see `controller_bin`); or prebuilt
 /// ones named by FLOTILLA_TEST_CONTROLLER_BIN and FLOTILLA_TEST_AGENT_BIN (another branch's).
 fn controller_and_agent_bins(dir: &Path) -> Result<(PathBuf, PathBuf)> {
@@ -600,10 +592,6 @@ fn cgroups_named(prefix: &str) -> Vec<PathBuf> {
 #[test]
 fn live_dev_up_with_agents_registers_nodes_and_down_removes_their_cgroups() -> Result<()> {
     if !live() {
-        return Ok(());
-    }
-    if !agent_has_cluster_mode() && std::env::var_os("FLOTILLA_TEST_AGENT_BIN").is_none() {
-        eprintln!("skipping: this tree's agent has no cluster mode yet (agent/src/cluster)");
         return Ok(());
     }
     become_subreaper();
