@@ -43,10 +43,50 @@ fn live() -> bool {
     }
 }
 
-/// The controller binary of this workspace, built now (a no-op when fresh) and copied to
-/// `into`: the target directory may be shared with other checkouts that build their own.
+/// The newest modification time of the files below `p`.
+fn newest(p: &Path) -> std::time::SystemTime {
+    let mut t = std::fs::metadata(p)
+        .and_then(|m| m.modified())
+        .unwrap_or(std::time::UNIX_EPOCH);
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            t = t.max(newest(&e.path()));
+        }
+    }
+    t
+}
+
+/// The controller binary of this workspace, copied to `into` (the target directory may be
+/// shared with other checkouts). Built when it is older than the controller's or the api's
+/// sources; a workspace build or test run has usually built it already.
+/// `FLOTILLA_CONTROLLER_BIN` names another one.
 fn controller_bin(into: &Path) -> Result<PathBuf> {
+    if let Some(b) = std::env::var_os("FLOTILLA_CONTROLLER_BIN") {
+        let copy = into.join("flotilla-controller");
+        std::fs::copy(&b, &copy).with_context(|| format!("FLOTILLA_CONTROLLER_BIN={b:?}"))?;
+        return Ok(copy);
+    }
     let dir = Path::new(AGENT).parent().context("binary directory")?;
+    let bin = dir.join("flotilla-controller");
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace")?;
+    let sources = [
+        "controller/src",
+        "controller/Cargo.toml",
+        "api/src",
+        "Cargo.lock",
+    ]
+    .iter()
+    .map(|p| newest(&ws.join(p)))
+    .max()
+    .unwrap_or(std::time::UNIX_EPOCH);
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+    if built.is_some_and(|b| b > sources) {
+        let copy = into.join("flotilla-controller");
+        std::fs::copy(&bin, &copy)?;
+        return Ok(copy);
+    }
     let status = Command::new(env!("CARGO"))
         .args([
             "build",
