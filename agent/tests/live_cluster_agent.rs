@@ -43,10 +43,50 @@ fn live() -> bool {
     }
 }
 
-/// The controller binary of this workspace, built now (a no-op when fresh) and copied to
-/// `into`: the target directory may be shared with other checkouts that build their own.
+/// The newest modification time of the files below `p`.
+fn newest(p: &Path) -> std::time::SystemTime {
+    let mut t = std::fs::metadata(p)
+        .and_then(|m| m.modified())
+        .unwrap_or(std::time::UNIX_EPOCH);
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            t = t.max(newest(&e.path()));
+        }
+    }
+    t
+}
+
+/// The controller binary of this workspace, copied to `into` (the target directory may be
+/// shared with other checkouts). Built when it is older than the controller's or the api's
+/// sources; a workspace build or test run has usually built it already.
+/// `FLOTILLA_CONTROLLER_BIN` names another one.
 fn controller_bin(into: &Path) -> Result<PathBuf> {
+    if let Some(b) = std::env::var_os("FLOTILLA_CONTROLLER_BIN") {
+        let copy = into.join("flotilla-controller");
+        std::fs::copy(&b, &copy).with_context(|| format!("FLOTILLA_CONTROLLER_BIN={b:?}"))?;
+        return Ok(copy);
+    }
     let dir = Path::new(AGENT).parent().context("binary directory")?;
+    let bin = dir.join("flotilla-controller");
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace")?;
+    let sources = [
+        "controller/src",
+        "controller/Cargo.toml",
+        "api/src",
+        "Cargo.lock",
+    ]
+    .iter()
+    .map(|p| newest(&ws.join(p)))
+    .max()
+    .unwrap_or(std::time::UNIX_EPOCH);
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+    if built.is_some_and(|b| b > sources) {
+        let copy = into.join("flotilla-controller");
+        std::fs::copy(&bin, &copy)?;
+        return Ok(copy);
+    }
     let status = Command::new(env!("CARGO"))
         .args([
             "build",
@@ -104,6 +144,8 @@ struct World {
     ns_fd: Option<std::fs::File>,
     cgroup_parent: String,
     controller: Option<Child>,
+    /// More controllers by id (the leader-change test).
+    controllers: Vec<(u64, Child)>,
     agent: Option<Child>,
     agent_args: Vec<String>,
 }
@@ -199,6 +241,10 @@ impl Drop for World {
             let _ = c.kill();
             let _ = c.wait();
         }
+        for (_, c) in &mut self.controllers {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         // Container processes left by a failed test: kill them through their cgroups.
         for h in [
             "memory", "pids", "cpu", "cpuacct", "devices", "freezer", "blkio", "cpuset", "systemd",
@@ -277,6 +323,7 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) 
 /// The controller's REST API over TLS, trusting the cluster CA.
 struct Api {
     rt: tokio::runtime::Runtime,
+    /// `https://<controller api>`; tests move it to a surviving controller.
     http: reqwest::Client,
     base: String,
     token: String,
@@ -395,6 +442,7 @@ fn live_cluster_agent_joins_runs_reports_stops_readopts_and_restarts_on_liveness
         ns_fd: None,
         cgroup_parent: format!("flotilla-cluster-agent-test-{pid}"),
         controller: None,
+        controllers: vec![],
         agent: None,
         agent_args: vec![],
     };
@@ -423,7 +471,7 @@ fn live_cluster_agent_joins_runs_reports_stops_readopts_and_restarts_on_liveness
             .arg(&cdir)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(std::fs::File::create(w.dir.path().join("c1.log"))?)
             .spawn()
             .context("cannot spawn flotilla-controller")?,
     );
@@ -773,6 +821,288 @@ fn live_cluster_agent_joins_runs_reports_stops_readopts_and_restarts_on_liveness
     ensure!(mounts.is_empty(), "mounts left: {mounts:?}");
     let cg = w.cgroup_dirs();
     ensure!(cg.is_empty(), "cgroups left: {cg:?}");
+    let ns = w.netns.clone();
+    drop(reg);
+    drop(w);
+    ensure!(
+        !Path::new(&format!("/run/netns/{ns}")).exists(),
+        "network namespace left"
+    );
+    Ok(())
+}
+
+/// A test runtime whose worker threads live in the namespace at `ns`.
+fn netns_runtime(ns: PathBuf) -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(move || {
+            let f = std::fs::File::open(&ns).expect("netns");
+            // SAFETY: setns on this new worker thread only.
+            assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        })
+        .build()?)
+}
+
+fn spawn_controller(
+    bin: &Path,
+    ns_fd: RawFd,
+    dir: &Path,
+    id: u64,
+    join: &[String],
+) -> Result<Child> {
+    let raft = format!("127.0.0.1:{}", 17200 + 2 * id);
+    let api = format!("127.0.0.1:{}", 17201 + 2 * id);
+    in_netns(&mut Command::new(bin), ns_fd)
+        .args([
+            "--id",
+            &id.to_string(),
+            "--raft-addr",
+            &raft,
+            "--api-addr",
+            &api,
+        ])
+        .arg("--data-dir")
+        .arg(dir.join(format!("c{id}")))
+        .args([
+            "--heartbeat-ms",
+            "50",
+            "--election-min-ms",
+            "300",
+            "--election-max-ms",
+            "600",
+        ])
+        .args(join)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("c{id}.log")))?)
+        .spawn()
+        .context("cannot spawn flotilla-controller")
+}
+
+#[test]
+fn live_cluster_agent_keeps_reconciling_through_a_controller_leader_change() -> Result<()> {
+    if !live() {
+        return Ok(());
+    }
+    // SAFETY: plain prctl (shims of our agent are reaped by us).
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let pid = std::process::id();
+    let mut w = World {
+        dir: tempfile::Builder::new()
+            .prefix("flotilla-cluster-leader-")
+            .tempdir()?,
+        netns: format!("flt-cl-{pid}"),
+        ns_fd: None,
+        cgroup_parent: format!("flotilla-cluster-leader-test-{pid}"),
+        controller: None,
+        controllers: vec![],
+        agent: None,
+        agent_args: vec![],
+    };
+    ensure!(Command::new("ip")
+        .args(["netns", "add", &w.netns])
+        .status()?
+        .success());
+    ensure!(Command::new("ip")
+        .args(["-n", &w.netns, "link", "set", "lo", "up"])
+        .status()?
+        .success());
+    w.ns_fd = Some(std::fs::File::open(w.netns_path())?);
+    let ns_fd = w.ns_fd.as_ref().context("netns")?.as_raw_fd();
+    let bin = controller_bin(w.dir.path())?;
+    let base = |id: u64| format!("https://127.0.0.1:{}", 17201 + 2 * id);
+
+    // Three controllers: one bootstraps, two join with tokens.
+    w.controllers
+        .push((1, spawn_controller(&bin, ns_fd, w.dir.path(), 1, &[])?));
+    let c1 = w.dir.path().join("c1");
+    wait_for("the first controller", Duration::from_secs(30), || {
+        Ok(c1.join("admin.token").exists() && c1.join("tls/ca.crt").exists())
+    })?;
+    let ca_pem = std::fs::read_to_string(c1.join("tls/ca.crt"))?;
+    let ca_hash = flotilla_agent::cluster::tls::ca_hash(&ca_pem)?;
+    let mut api = Api {
+        rt: netns_runtime(w.netns_path())?,
+        http: reqwest::Client::builder()
+            .no_proxy()
+            .tls_backend_preconfigured(flotilla_agent::cluster::tls::ca_client_config(&ca_pem)?)
+            .build()?,
+        base: base(1),
+        token: std::fs::read_to_string(c1.join("admin.token"))?
+            .trim()
+            .to_owned(),
+    };
+    wait_for("the controller's api", Duration::from_secs(30), || {
+        Ok(api.get("/v1/nodes").is_ok())
+    })?;
+    for id in [2u64, 3] {
+        let t = api.ok(
+            reqwest::Method::POST,
+            "/v1/tokens",
+            Some(json!({"role": "controller_join"})),
+        )?;
+        let join = vec![
+            "--join".to_owned(),
+            base(1).trim_start_matches("https://").to_owned(),
+            "--token".to_owned(),
+            t["token"].as_str().context("token")?.to_owned(),
+            "--ca-cert-hash".to_owned(),
+            ca_hash.clone(),
+        ];
+        w.controllers
+            .push((id, spawn_controller(&bin, ns_fd, w.dir.path(), id, &join)?));
+    }
+    wait_for("three voters", Duration::from_secs(60), || {
+        let m = api.get("/v1/cluster/members")?;
+        Ok(m["members"]
+            .as_array()
+            .is_some_and(|v| v.iter().filter(|x| x["voter"] == true).count() == 3))
+    })?;
+
+    // The registry and the agent.
+    let layout = w.dir.path().join("layout");
+    flotilla_image::testimage::build_busybox_oci_layout(
+        &flotilla_runtime::rootfs::busybox_path(),
+        &layout,
+        "1",
+    )?;
+    let reg = on_netns_thread(
+        w.netns_path(),
+        flotilla_image::testregistry::TestRegistry::start_plain,
+    )??;
+    let image = reg.reference("test/busybox:1");
+    let opts = reg.options(flotilla_image::RegistryAuth::Anonymous);
+    let (l2, i2) = (layout.clone(), image.clone());
+    api.run(async move {
+        flotilla_image::registry::push_oci_layout(&l2, None, &i2, &opts).await?;
+        Ok(())
+    })?;
+    let tok = api.ok(
+        reqwest::Method::POST,
+        "/v1/tokens",
+        Some(json!({"role": "node_join"})),
+    )?;
+    let octet = 100 + (pid + 50) % 100;
+    w.agent_args = [
+        "--socket",
+        &w.dir.path().join("agent.sock").display().to_string(),
+        "serve",
+        "--root",
+        &w.dir.path().join("state").display().to_string(),
+        "--cgroup-parent",
+        &w.cgroup_parent,
+        "--subnet",
+        &format!("198.18.{octet}.0/24"),
+        "--bridge",
+        &format!("fl{}", pid % 100_000),
+        "--registry-insecure",
+        &reg.addr,
+        "--join",
+        &base(1),
+        "--token",
+        tok["token"].as_str().context("token")?,
+        "--ca-cert-hash",
+        &ca_hash,
+        "--node-id",
+        "n1",
+        "--advertise",
+        &format!("198.18.{octet}.1:7443"),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    w.start_agent()?;
+    let controllers: Vec<String> = serde_json::from_str::<Value>(&std::fs::read_to_string(
+        w.dir.path().join("state/cluster/identity.json"),
+    )?)?["controllers"]
+        .as_array()
+        .context("controllers")?
+        .iter()
+        .filter_map(|c| c.as_str().map(str::to_owned))
+        .collect();
+    ensure!(controllers.len() == 3, "the agent knows {controllers:?}");
+
+    api.ok(
+        reqwest::Method::PUT,
+        "/v1/workloads/web",
+        Some(json!({"image": image, "command": ["sleep", "1000"], "replicas": 1, "stopGraceMs": 200})),
+    )?;
+    let running = |api: &Api, id: &str| -> Result<bool> {
+        let i = api.instance(id)?;
+        Ok(i["phase"] == "running" && i["observed"]["state"] == "running")
+    };
+    api.command(
+        json!({"type": "put_instance_placement", "instanceId": "web-0",
+        "workload": "web", "ownerNode": "n1", "atMs": now_ms()}),
+    )?;
+    wait_for("web-0 running", Duration::from_secs(60), || {
+        running(&api, "web-0")
+    })
+    .with_context(|| w.agent_log())?;
+
+    // Kill the leader (by PID); another controller takes over.
+    let leader = api.get("/v1/cluster/leader")?["leader"]
+        .as_u64()
+        .context("no leader")?;
+    let term = api.get("/v1/nodes/n1")?["lease"]["leaderTerm"]
+        .as_u64()
+        .context("lease")?;
+    let (_, mut child) = w
+        .controllers
+        .iter()
+        .position(|(id, _)| *id == leader)
+        .map(|i| w.controllers.remove(i))
+        .context("leader process")?;
+    child.kill()?;
+    child.wait()?;
+    let survivor = [1u64, 2, 3]
+        .into_iter()
+        .find(|id| *id != leader)
+        .context("survivor")?;
+    api.base = base(survivor);
+    wait_for("a new leader", Duration::from_secs(30), || {
+        let l = api.get("/v1/cluster/leader")?["leader"].as_u64();
+        Ok(l.is_some() && l != Some(leader))
+    })?;
+
+    // The agent keeps its lease (renewed in the new term) and runs what is placed next.
+    wait_for("a lease of the new term", Duration::from_secs(30), || {
+        Ok(api.get("/v1/nodes/n1")?["lease"]["leaderTerm"].as_u64() > Some(term))
+    })
+    .with_context(|| w.agent_log())?;
+    api.command(
+        json!({"type": "put_instance_placement", "instanceId": "web-1",
+        "workload": "web", "ownerNode": "n1", "atMs": now_ms()}),
+    )?;
+    wait_for(
+        "web-1 running after the leader change",
+        Duration::from_secs(60),
+        || running(&api, "web-1"),
+    )
+    .with_context(|| w.agent_log())?;
+    ensure!(running(&api, "web-0")?, "web-0 lost");
+    ensure!(local_containers(&w, "web-0")?.len() == 1);
+
+    // Move both away: the agent removes their containers; then everything goes.
+    for id in ["web-0", "web-1"] {
+        api.command(json!({"type": "put_instance_placement", "instanceId": id,
+            "workload": "web", "ownerNode": "elsewhere", "atMs": now_ms()}))?;
+    }
+    wait_for("containers removed", Duration::from_secs(30), || {
+        Ok(w.containers_on_disk().is_empty())
+    })
+    .with_context(|| w.agent_log())?;
+    w.kill_agent(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(200));
+    w.reap_orphans();
+    let mi = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let d = w.dir.path().display().to_string();
+    ensure!(!mi.lines().any(|l| l.contains(&d)), "mounts left below {d}");
+    ensure!(
+        w.cgroup_dirs().is_empty(),
+        "cgroups left: {:?}",
+        w.cgroup_dirs()
+    );
     let ns = w.netns.clone();
     drop(reg);
     drop(w);

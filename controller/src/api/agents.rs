@@ -516,13 +516,22 @@ async fn owner_base(st: &ApiState, id: &str) -> Result<String, ApiError> {
 }
 
 /// A client presenting this controller's certificate and trusting the cluster CA only.
-fn agent_client(st: &ApiState, timeout: Option<std::time::Duration>) -> Result<reqwest::Client, ApiError> {
-    let unavailable = |detail: String| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no-agent-client", detail)
-    };
+fn agent_client(
+    st: &ApiState,
+    timeout: Option<std::time::Duration>,
+) -> Result<reqwest::Client, ApiError> {
+    let unavailable =
+        |detail: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no-agent-client", detail);
     let identity = crate::tls::Identity::load(st.node.data_dir())
-        .map_err(|e| unavailable(format!("cannot read this controller's certificate: {}", error_chain(&e))))?
-        .ok_or_else(|| unavailable("this controller has no certificate to reach agents with".into()))?;
+        .map_err(|e| {
+            unavailable(format!(
+                "cannot read this controller's certificate: {}",
+                error_chain(&e)
+            ))
+        })?
+        .ok_or_else(|| {
+            unavailable("this controller has no certificate to reach agents with".into())
+        })?;
     let mut tls = identity
         .raft_client_config()
         .map_err(|e| ApiError::internal(error_chain(&e)))?;
@@ -554,7 +563,11 @@ async fn agent_refused(resp: reqwest::Response) -> ApiError {
         .and_then(|v| v["detail"].as_str().map(str::to_owned))
         .unwrap_or(text);
     let status = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    ApiError::new(status, "agent-refused", format!("the agent answered: {detail}"))
+    ApiError::new(
+        status,
+        "agent-refused",
+        format!("the agent answered: {detail}"),
+    )
 }
 
 /// An instance's output (stdout and stderr lines), from its agent; `follow` streams.
@@ -587,7 +600,10 @@ async fn instance_logs(
     }
     let body = axum::body::Body::from_stream(resp.bytes_stream());
     Ok(axum::response::IntoResponse::into_response((
-        [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
         body,
     )))
 }
@@ -625,10 +641,7 @@ async fn instance_exec(
     if !resp.status().is_success() {
         return Err(agent_refused(resp).await);
     }
-    let v: serde_json::Value = resp
-        .json()
-        .await
-        .map_err(|e| agent_unreachable(&e))?;
+    let v: serde_json::Value = resp.json().await.map_err(|e| agent_unreachable(&e))?;
     Ok(json_at(StatusCode::OK, st.node.applied_index(), None, &v))
 }
 
