@@ -9,8 +9,12 @@ cd "$(dirname "$0")/.."
 ./deploy/install-deps.sh
 # shellcheck source=deploy/env.sh
 . deploy/env.sh
-cargo build --release --workspace --locked
-BIN="${CARGO_TARGET_DIR:-$PWD/target}/release"
+# FLOTILLA_PROFILE=dev uses a debug build (faster to build, slower to run).
+PROFILE=${FLOTILLA_PROFILE:-release}
+cargo build --profile "$PROFILE" --workspace --locked
+OUT=$PROFILE
+[ "$PROFILE" = dev ] && OUT=debug
+BIN="${CARGO_TARGET_DIR:-$PWD/target}/$OUT"
 ctl() { "$BIN/clusterctl" "$@"; }
 
 NAME=${FLOTILLA_DEMO_NAME:-demo}
