@@ -53,24 +53,30 @@ fn unique_name(tag: &str) -> String {
 
 /// The controller built from this tree, copied so a concurrent build cannot swap it mid-test.
 fn controller_bin(dir: &Path) -> Result<PathBuf> {
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-p",
-            "flotilla-controller",
-            "--bin",
-            "flotilla-controller",
-        ])
-        .status()
-        .context("cannot run cargo build")?;
-    ensure!(status.success(), "cannot build flotilla-controller");
-    let built = Path::new(CTL)
-        .parent()
-        .context("binary directory")?
-        .join("flotilla-controller");
-    let copy = dir.join("flotilla-controller");
-    std::fs::copy(&built, &copy).with_context(|| format!("copy {}", built.display()))?;
-    Ok(copy)
+    let (c, _) = built_bins(dir, &["flotilla-controller"])?;
+    Ok(c)
+}
+
+/// Copies of workspace binaries next to clusterctl (the workspace build, which CI runs first,
+/// makes them). Built only when missing: a `cargo build -p` here would resolve features
+/// differently, rebuild half the workspace and overwrite binaries other tests are using.
+fn built_bins(dir: &Path, names: &[&str]) -> Result<(PathBuf, PathBuf)> {
+    let built = Path::new(CTL).parent().context("binary directory")?;
+    let mut out = Vec::new();
+    for b in names {
+        if !built.join(b).exists() {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "-p", b, "--bin", b])
+                .status()
+                .context("cannot run cargo build")?;
+            ensure!(status.success(), "cannot build {b}");
+        }
+        let copy = dir.join(b);
+        std::fs::copy(built.join(b), &copy).with_context(|| format!("copy {b}"))?;
+        out.push(copy);
+    }
+    let last = out.last().cloned().context("no binary named")?;
+    Ok((out[0].clone(), last))
 }
 
 struct Ctl {
@@ -522,32 +528,7 @@ fn controller_and_agent_bins(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     ) {
         return Ok((c.into(), a.into()));
     }
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-p",
-            "flotilla-controller",
-            "--bin",
-            "flotilla-controller",
-            "-p",
-            "flotilla-agent",
-            "--bin",
-            "flotilla-agent",
-        ])
-        .status()
-        .context("cannot run cargo build")?;
-    ensure!(
-        status.success(),
-        "cannot build the controller and the agent"
-    );
-    let built = Path::new(CTL).parent().context("binary directory")?;
-    let mut out = Vec::new();
-    for b in ["flotilla-controller", "flotilla-agent"] {
-        let copy = dir.join(b);
-        std::fs::copy(built.join(b), &copy).with_context(|| format!("copy {b}"))?;
-        out.push(copy);
-    }
-    Ok((out[0].clone(), out[1].clone()))
+    built_bins(dir, &["flotilla-controller", "flotilla-agent"])
 }
 
 /// Live processes in a cgroup whose name starts with `prefix` (any hierarchy).
