@@ -77,6 +77,10 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
+    /// Do not run the leader's reconcile loop (placements then come only from the raw command
+    /// endpoint: for testing agents against hand-made assignments).
+    #[arg(long)]
+    no_orchestrator: bool,
 }
 
 fn init_tracing(json: bool) {
@@ -389,14 +393,18 @@ async fn main() -> Result<()> {
     }
 
     // The reconcile loop runs on every controller and acts only while it leads.
-    let orchestrator = flotilla_controller::orchestrator::Orchestrator::spawn(
-        node.clone(),
-        flotilla_controller::orchestrator::OrchestratorConfig::default(),
-    );
+    let orchestrator = (!args.no_orchestrator).then(|| {
+        flotilla_controller::orchestrator::Orchestrator::spawn(
+            node.clone(),
+            flotilla_controller::orchestrator::OrchestratorConfig::default(),
+        )
+    });
 
     shutdown_signal().await;
     let _ = stop_tx.send(true);
-    orchestrator.stop().await;
+    if let Some(o) = orchestrator {
+        o.stop().await;
+    }
     node.shutdown().await;
     for server in [raft_server, api_server] {
         server.await?.context("server failed")?;
