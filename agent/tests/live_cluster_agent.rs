@@ -269,12 +269,22 @@ impl Drop for World {
         }
         std::thread::sleep(Duration::from_millis(100));
         self.reap_orphans();
-        let _ = Command::new("umount")
-            .arg("-R")
-            .arg("-l")
-            .arg(self.dir.path().join("state"))
-            .stderr(Stdio::null())
-            .status();
+        // Every mount below the test directory (container roots, netns files), deepest
+        // first: the directory itself is no mount point, so `umount -R` on it does nothing.
+        let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut below: Vec<PathBuf> = mi
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .map(PathBuf::from)
+            .filter(|m| m.starts_with(self.dir.path()))
+            .collect();
+        below.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+        for m in below {
+            if let Ok(c) = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()) {
+                // SAFETY: plain umount2 of a path below this test's own directory.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
         for h in [
             "memory", "pids", "cpu", "cpuacct", "devices", "freezer", "blkio", "cpuset", "systemd",
             "",
