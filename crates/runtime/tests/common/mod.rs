@@ -39,17 +39,34 @@ pub fn live() -> bool {
     }
 }
 
-/// One busybox rootfs per test process, read-only lower dir for every container.
+/// The busybox rootfs shared by every test process (a read-only lower dir for every
+/// container), built once per busybox binary into a temporary directory and renamed into
+/// place, so concurrent test processes never see a half-built one and no run leaves a copy of
+/// its own behind.
 pub fn rootfs() -> PathBuf {
     static R: OnceLock<PathBuf> = OnceLock::new();
     R.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("flotilla-test-rootfs-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        flotilla_runtime::rootfs::build_busybox_rootfs(
-            &flotilla_runtime::rootfs::busybox_path(),
-            &d,
-        )
-        .expect("building busybox rootfs");
+        use std::os::unix::fs::MetadataExt;
+        let busybox = flotilla_runtime::rootfs::busybox_path();
+        let m = std::fs::metadata(&busybox).expect("busybox (deploy/install-deps.sh)");
+        let d = std::env::temp_dir().join(format!(
+            "flotilla-test-rootfs-{:x}-{:x}",
+            m.len(),
+            m.mtime()
+        ));
+        if d.join("bin/busybox").exists() {
+            return d;
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix("flotilla-test-rootfs-build-")
+            .tempdir()
+            .expect("temporary directory");
+        let built = tmp.path().join("rootfs");
+        flotilla_runtime::rootfs::build_busybox_rootfs(&busybox, &built)
+            .expect("building busybox rootfs");
+        // Loses harmlessly to a concurrent process that renamed its copy first.
+        let _ = std::fs::rename(&built, &d);
+        assert!(d.join("bin/busybox").exists(), "{} not built", d.display());
         d
     })
     .clone()
