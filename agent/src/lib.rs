@@ -3,5 +3,6 @@
 pub mod client;
 pub mod cluster;
 pub mod demo;
+pub mod exec_stream;
 pub mod server;
 pub mod spec;

@@ -122,7 +122,7 @@ impl IntoResponse for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, RuntimeError> + Send + 'static,
 ) -> ApiResult<T> {
     tokio::task::spawn_blocking(f)
@@ -170,6 +170,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/containers/{id}/wait", post(wait))
         .route("/v1/containers/{id}/logs", get(logs))
         .route("/v1/containers/{id}/exec", post(exec))
+        .route(
+            "/v1/containers/{id}/exec/stream",
+            get(crate::exec_stream::exec_stream),
+        )
         .route("/v1/containers/{id}/stats", get(stats))
         .route("/v1/containers/{id}/checkpoint", post(checkpoint))
         .route("/v1/containers/{id}/restore", post(restore))
@@ -197,6 +201,10 @@ pub fn remote_router(state: AppState) -> Router {
         .route("/v1/containers/{id}", get(inspect))
         .route("/v1/containers/{id}/logs", get(logs))
         .route("/v1/containers/{id}/exec", post(exec))
+        .route(
+            "/v1/containers/{id}/exec/stream",
+            get(crate::exec_stream::exec_stream),
+        )
         .fallback(|| async {
             ApiError {
                 status: StatusCode::NOT_FOUND,

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub mod cluster;
+pub mod exec_stream;
 pub mod rest;
 
 /// A container to run on this node.

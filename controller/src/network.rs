@@ -412,7 +412,7 @@ async fn serve_tls(
                 }
             };
             if let Err(e) = Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
                 .await
             {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");

@@ -437,16 +437,26 @@ impl ControllerNode {
 
     /// The leader's read index, confirmed by a quorum (read-index).
     async fn read_index_local(&self) -> Result<Attempt<u64>, ControllerError> {
-        match self.raft.ensure_linearizable().await {
-            Ok(log_id) => Ok(Attempt::Done(log_id.map_or(0, |l| l.index))),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Ok(Attempt::Redirect(f.leader_id))
+        // A heartbeat round can miss its deadline on a loaded host without any fault: try the
+        // round again a few times before telling the client the quorum is gone.
+        let mut backoff = std::time::Duration::from_millis(50);
+        for attempt in 0.. {
+            match self.raft.ensure_linearizable().await {
+                Ok(log_id) => return Ok(Attempt::Done(log_id.map_or(0, |l| l.index))),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                    return Ok(Attempt::Redirect(f.leader_id))
+                }
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) if attempt < 3 => {
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                    return Err(ControllerError::QuorumNotEnough)
+                }
+                Err(RaftError::Fatal(e)) => return Err(e.into()),
             }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
-                Err(ControllerError::QuorumNotEnough)
-            }
-            Err(RaftError::Fatal(e)) => Err(e.into()),
         }
+        unreachable!("the loop returns")
     }
 
     /// Read the state linearizably: the result reflects every write acknowledged before the

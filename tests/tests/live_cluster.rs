@@ -278,6 +278,227 @@ fn containers_match_instances(dev: &Dev) -> Result<Option<()>> {
     Ok((seen == want).then_some(()))
 }
 
+/// Read a terminal master until `want` shows up; everything read so far.
+fn read_pty(master: &std::os::fd::OwnedFd, want: &str, timeout: Duration) -> Result<String> {
+    use std::os::fd::AsRawFd;
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while !String::from_utf8_lossy(&out).contains(want) {
+        ensure!(
+            Instant::now() < deadline,
+            "no {want:?} on the terminal within {timeout:?}; read: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+        let mut fds = [libc::pollfd {
+            fd: master.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: poll on one valid fd.
+        if unsafe { libc::poll(fds.as_mut_ptr(), 1, 100) } <= 0 {
+            continue;
+        }
+        let mut buf = [0u8; 4096];
+        // SAFETY: read into a local buffer.
+        let n = unsafe { libc::read(master.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        ensure!(
+            n > 0,
+            "the terminal closed before {want:?}; read: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+        out.extend_from_slice(&buf[..n as usize]);
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn type_pty(master: &std::os::fd::OwnedFd, s: &str) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: write from a local buffer.
+    let n = unsafe { libc::write(master.as_raw_fd(), s.as_ptr().cast(), s.len()) };
+    ensure!(
+        n == s.len() as isize,
+        "typing on the terminal: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+/// The processes of the instance's container, as `ps` inside it lists them.
+fn container_ps(dev: &Dev, inst: &str) -> Result<String> {
+    dev.ok(&["exec", inst, "--", "ps", "-o", "pid,args"])
+}
+
+/// `exec -i` passes input and separates stdout, stderr and the exit code; `exec -it` runs on a
+/// terminal of the container's own devpts with this terminal's size, follows a resize, ends
+/// with the command's status and puts this terminal back; a client that goes away hangs its
+/// command up; errors name what is wrong.
+fn exec_checks(dev: &Dev, inst: &str) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let before = container_ps(dev, inst)?;
+
+    let mut child = dev
+        .cmd(&[
+            "exec",
+            "-i",
+            inst,
+            "--",
+            "sh",
+            "-c",
+            "cat; echo done >&2; exit 4",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello from stdin\n")?;
+    let out = child.wait_with_output()?;
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    ensure!(
+        out.status.code() == Some(4),
+        "exec -i: {:?} {so} {se}",
+        out.status
+    );
+    ensure!(so == "hello from stdin\n", "exec -i stdout: {so:?}");
+    ensure!(
+        se.contains("done") && !so.contains("done"),
+        "exec -i stderr: {se:?}"
+    );
+
+    // A real terminal for clusterctl: it must be its controlling terminal (SIGWINCH).
+    let pty = nix::pty::openpty(
+        Some(&nix::pty::Winsize {
+            ws_row: 37,
+            ws_col: 101,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        }),
+        None,
+    )?;
+    // SAFETY: tcgetattr into a zeroed struct, on our fd.
+    let saved = unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        libc::tcgetattr(pty.slave.as_raw_fd(), &mut t);
+        t
+    };
+    let slave = pty.slave.as_raw_fd();
+    let mut cmd = dev.cmd(&["exec", "-it", inst, "--", "sh"]);
+    cmd.env("TERM", "xterm-256color")
+        .stdin(Stdio::from(pty.slave.try_clone()?))
+        .stdout(Stdio::from(pty.slave.try_clone()?))
+        .stderr(Stdio::from(pty.slave.try_clone()?));
+    // SAFETY: setsid and ioctl only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 || libc::ioctl(slave, libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let master = pty.master;
+    type_pty(&master, "tty; stty size; echo term=$TERM; echo $((6*7))x\r")?;
+    let out = read_pty(&master, "42x", Duration::from_secs(30))?;
+    ensure!(out.contains("/dev/pts/"), "exec -it: no terminal: {out:?}");
+    ensure!(out.contains("37 101"), "exec -it: size not passed: {out:?}");
+    ensure!(
+        out.contains("term=xterm-256color"),
+        "exec -it: TERM not passed: {out:?}"
+    );
+    let ws = libc::winsize {
+        ws_row: 45,
+        ws_col: 120,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ on our master: the kernel signals clusterctl (SIGWINCH).
+    ensure!(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } == 0);
+    std::thread::sleep(Duration::from_millis(300));
+    type_pty(&master, "stty size; echo re$((1+1))sized\r")?;
+    let out = read_pty(&master, "re2sized", Duration::from_secs(30))?;
+    ensure!(
+        out.contains("45 120"),
+        "exec -it: resize not passed: {out:?}"
+    );
+    type_pty(&master, "exit 3\r")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        ensure!(Instant::now() < deadline, "exec -it did not end after exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    ensure!(status.code() == Some(3), "exec -it exit: {status:?}");
+    // SAFETY: tcgetattr into a zeroed struct, on our fd.
+    let after = unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        libc::tcgetattr(slave, &mut t);
+        t
+    };
+    ensure!(
+        after.c_lflag == saved.c_lflag && after.c_iflag == saved.c_iflag,
+        "the local terminal was not put back"
+    );
+
+    // A client that goes away (kill -9) hangs its command up: nothing stays in the container.
+    let mut child = dev
+        .cmd(&[
+            "exec",
+            "-i",
+            inst,
+            "--",
+            "sh",
+            "-c",
+            "echo started; exec sleep 600",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )?;
+    ensure!(line == "started\n", "exec -i: {line:?}");
+    ensure!(container_ps(dev, inst)?.contains("sleep 600"));
+    child.kill()?;
+    child.wait()?;
+    wait_for("the hung-up exec to end", Duration::from_secs(20), || {
+        Ok((!container_ps(dev, inst)?.contains("sleep 600")).then_some(()))
+    });
+    let count = |s: &str| s.lines().filter(|l| !l.contains(" ps ")).count();
+    let after = container_ps(dev, inst)?;
+    ensure!(
+        count(&after) == count(&before),
+        "processes left in the container:\n{after}\nbefore:\n{before}"
+    );
+
+    // Errors name what is wrong.
+    let out = dev.run(&["exec", "-i", "no-such-instance", "--", "true"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("no-such-instance"),
+        "exec of a missing instance: {err}"
+    );
+    let out = dev.run(&["exec", "-i", inst, "--", "/no/such/binary"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(127) && err.contains("/no/such/binary"),
+        "exec of a missing command: {:?} {err}",
+        out.status
+    );
+    Ok(())
+}
+
 fn workload_yaml(name: &str, image: &str, replicas: u32, version: &str) -> String {
     format!(
         r#"kind: Workload
@@ -393,6 +614,10 @@ fn scenario(dev: &Dev, state_dir: &Path) -> Result<()> {
     wait_for("containers = instances", Duration::from_secs(30), || {
         containers_match_instances(dev)
     });
+
+    // exec -i and exec -it through the controller to the owning agent.
+    let inst = three[0]["id"].as_str().context("instance id")?.to_owned();
+    exec_checks(dev, &inst)?;
 
     // Scale to 6 and back to 2.
     dev.ok(&["scale", "workload", "web", "--replicas", "6"])?;

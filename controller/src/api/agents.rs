@@ -51,6 +51,7 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(report_status))
         .routes(routes!(instance_logs))
         .routes(routes!(instance_exec))
+        .routes(routes!(instance_exec_stream))
 }
 
 /// Query of `GET /v1/instances`: the read parameters plus `node`.
@@ -515,11 +516,8 @@ async fn owner_base(st: &ApiState, id: &str) -> Result<String, ApiError> {
     }
 }
 
-/// A client presenting this controller's certificate and trusting the cluster CA only.
-fn agent_client(
-    st: &ApiState,
-    timeout: Option<std::time::Duration>,
-) -> Result<reqwest::Client, ApiError> {
+/// TLS presenting this controller's certificate and trusting the cluster CA only (HTTP/1.1).
+fn agent_client_tls(st: &ApiState) -> Result<rustls::ClientConfig, ApiError> {
     let unavailable =
         |detail: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no-agent-client", detail);
     let identity = crate::tls::Identity::load(st.node.data_dir())
@@ -536,6 +534,15 @@ fn agent_client(
         .raft_client_config()
         .map_err(|e| ApiError::internal(error_chain(&e)))?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tls)
+}
+
+/// A client presenting this controller's certificate and trusting the cluster CA only.
+fn agent_client(
+    st: &ApiState,
+    timeout: Option<std::time::Duration>,
+) -> Result<reqwest::Client, ApiError> {
+    let tls = agent_client_tls(st)?;
     let mut b = reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(std::time::Duration::from_secs(5))
@@ -643,6 +650,171 @@ async fn instance_exec(
     }
     let v: serde_json::Value = resp.json().await.map_err(|e| agent_unreachable(&e))?;
     Ok(json_at(StatusCode::OK, st.node.applied_index(), None, &v))
+}
+
+/// Run a command inside an instance's container interactively: a WebSocket (subprotocol
+/// `v1.exec.flotilla.dev`) relayed to the owning agent. Messages are binary, the first byte the
+/// channel: 0 stdin (empty = end of input), 1 stdout, 2 stderr, 3 the exit status as JSON
+/// (`{"exitCode": n}` or `{"error": "..."}`), 4 a terminal resize as JSON
+/// (`{"rows": r, "cols": c}`). Running a command is a write: read-only tokens are refused.
+#[utoipa::path(get, path = "/v1/instances/{id}/exec/stream", tag = "agents",
+    params(
+        ("id" = String, Path, description = "the instance id"),
+        ("command" = Vec<String>, Query, description = "the command and its arguments, one `command=` each"),
+        ("env" = Option<Vec<String>>, Query, description = "extra `KEY=VALUE` entries, one `env=` each"),
+        ("cwd" = Option<String>, Query, description = "the working directory (absolute)"),
+        ("tty" = Option<bool>, Query, description = "run on a terminal"),
+        ("stdin" = Option<bool>, Query, description = "pass the client's input"),
+        ("rows" = Option<u16>, Query, description = "the terminal's initial rows (with tty)"),
+        ("cols" = Option<u16>, Query, description = "the terminal's initial columns (with tty)"),
+    ),
+    responses(
+        (status = 101, description = "switching to the exec WebSocket"),
+        (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the owning agent cannot be reached", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn instance_exec_stream(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    use flotilla_api::exec_stream::{ExecStreamQuery, PROTOCOL};
+    validate::path_subdomain("id", &id)?;
+    let q = ExecStreamQuery::parse(query.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::invalid(e.field, e.detail))?;
+    let base = owner_base(&st, &id).await?;
+    let addr = base.trim_start_matches("https://").to_owned();
+    let agent = exec_stream::connect(&st, &addr, &id, &q).await?;
+    Ok(ws
+        .protocols([PROTOCOL])
+        .on_upgrade(move |client| exec_stream::relay(client, agent)))
+}
+
+mod exec_stream {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::extract::ws::{Message, WebSocket};
+    use axum::http::StatusCode;
+    use flotilla_api::exec_stream::{ExecStreamQuery, PROTOCOL};
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::net::TcpStream;
+    use tokio_rustls::client::TlsStream;
+    use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+    use tokio_tungstenite::WebSocketStream;
+
+    use super::{agent_client_tls, ApiError, ApiState};
+    use crate::node::error_chain;
+
+    pub type AgentSocket = WebSocketStream<TlsStream<TcpStream>>;
+
+    fn unreachable(detail: String) -> ApiError {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "agent-unreachable",
+            format!("cannot reach the owning agent: {detail}"),
+        )
+    }
+
+    /// The agent's exec WebSocket, over mTLS with this controller's certificate. An agent's
+    /// refusal (no such container, not running, bad query) comes back as its problem.
+    pub async fn connect(
+        st: &ApiState,
+        addr: &str,
+        id: &str,
+        q: &ExecStreamQuery,
+    ) -> Result<AgentSocket, ApiError> {
+        let tls = agent_client_tls(st)?;
+        let sock: std::net::SocketAddr = addr
+            .parse()
+            .map_err(|_| unreachable(format!("the node's address {addr:?} is not ip:port")))?;
+        let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(sock))
+            .await
+            .map_err(|_| unreachable(format!("connecting to {addr} timed out")))?
+            .map_err(|e| unreachable(format!("connecting to {addr}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let name = rustls::pki_types::ServerName::IpAddress(sock.ip().into());
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(tls))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| unreachable(format!("tls with {addr}: {e}")))?;
+        let url = format!(
+            "wss://{addr}/v1/containers/{id}/exec/stream?{}",
+            q.to_query()
+        );
+        let mut req = url
+            .into_client_request()
+            .map_err(|e| ApiError::internal(error_chain(&e)))?;
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            axum::http::HeaderValue::from_static(PROTOCOL),
+        );
+        match tokio_tungstenite::client_async(req, tls).await {
+            Ok((ws, _)) => Ok(ws),
+            Err(tungstenite::Error::Http(resp)) => {
+                let status = resp.status();
+                let text = resp
+                    .body()
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default()
+                    .into_owned();
+                let detail = serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| v["detail"].as_str().map(str::to_owned))
+                    .unwrap_or(text);
+                let status =
+                    StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+                Err(ApiError::new(
+                    status,
+                    "agent-refused",
+                    format!("the agent answered: {detail}"),
+                ))
+            }
+            Err(e) => Err(unreachable(error_chain(&e))),
+        }
+    }
+
+    /// Pass messages both ways until either side closes; closing one closes the other (the
+    /// agent hangs the command up when its socket closes).
+    pub async fn relay(client: WebSocket, agent: AgentSocket) {
+        use tungstenite::Message as T;
+        let (mut ctx, mut crx) = client.split();
+        let (mut atx, mut arx) = agent.split();
+        let up = async {
+            while let Some(Ok(m)) = crx.next().await {
+                let m = match m {
+                    Message::Binary(b) => T::Binary(b),
+                    Message::Text(t) => T::text(t.as_str()),
+                    Message::Close(_) => break,
+                    _ => continue,
+                };
+                if atx.send(m).await.is_err() {
+                    return;
+                }
+            }
+            let _ = atx.send(T::Close(None)).await;
+        };
+        let down = async {
+            while let Some(Ok(m)) = arx.next().await {
+                let m = match m {
+                    T::Binary(b) => Message::Binary(b),
+                    T::Text(t) => Message::Text(t.as_str().into()),
+                    T::Close(_) => break,
+                    _ => continue,
+                };
+                if ctx.send(m).await.is_err() {
+                    return;
+                }
+            }
+            let _ = ctx.send(Message::Close(None)).await;
+        };
+        tokio::select! {
+            _ = up => {}
+            _ = down => {}
+        }
+    }
 }
 
 #[cfg(test)]

@@ -106,7 +106,9 @@ pub(super) async fn require_token(
         tracing::info!(path = req.uri().path(), error = %e, "request refused: bad token");
         unauthorized(e)
     })?;
-    let read = req.method() == Method::GET || req.method() == Method::HEAD;
+    // A streaming exec is a GET (a WebSocket upgrade) that runs a command: a write.
+    let read = (req.method() == Method::GET || req.method() == Method::HEAD)
+        && !req.uri().path().ends_with("/exec/stream");
     let node = auth::node_of(&record.token);
     let node_write = record.token.role == TokenRole::Node
         && !read

@@ -100,6 +100,7 @@ pub struct Client {
     streaming: reqwest::Client,
     pub endpoints: Vec<String>,
     token: String,
+    ca_pem: String,
 }
 
 /// A request: method, path and query, optional JSON body, extra headers.
@@ -153,6 +154,7 @@ impl Client {
             streaming: build(None)?,
             endpoints,
             token,
+            ca_pem: ca_pem.to_owned(),
         })
     }
 
@@ -233,6 +235,74 @@ impl Client {
         let status = resp.status().as_u16();
         let v = resp.json().await.context("malformed answer")?;
         Ok((status, v))
+    }
+}
+
+impl Client {
+    /// Open a WebSocket on `path_and_query` (subprotocol `protocol`) at the first endpoint
+    /// that accepts a connection; a refusal is an `ApiFailure` with the server's problem.
+    pub async fn websocket(
+        &self,
+        path_and_query: &str,
+        protocol: &'static str,
+    ) -> Result<crate::exec_stream::Socket> {
+        use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+        let mut tls = tls_config(&self.ca_pem)?;
+        // WebSockets upgrade HTTP/1.1 connections.
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+        let mut last = None;
+        for ep in &self.endpoints {
+            let attempt = async {
+                let host = ep
+                    .rsplit_once(':')
+                    .map_or(ep.as_str(), |(h, _)| h)
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+                    .with_context(|| format!("{ep}: not a host name or address"))?;
+                let tcp = tokio::time::timeout(
+                    Duration::from_secs(3),
+                    tokio::net::TcpStream::connect(ep.as_str()),
+                )
+                .await
+                .map_err(|_| anyhow::anyhow!("connecting timed out"))??;
+                let _ = tcp.set_nodelay(true);
+                let stream = connector.connect(name, tcp).await?;
+                anyhow::Ok(stream)
+            };
+            let stream = match attempt.await {
+                Ok(s) => s,
+                Err(e) => {
+                    last = Some(e.context(format!("cannot reach {ep}")));
+                    continue;
+                }
+            };
+            let mut req = format!("wss://{ep}{path_and_query}").into_client_request()?;
+            let h = req.headers_mut();
+            h.insert("authorization", format!("Bearer {}", self.token).parse()?);
+            h.insert("sec-websocket-protocol", protocol.parse()?);
+            return match tokio_tungstenite::client_async(req, stream).await {
+                Ok((ws, _)) => Ok(ws),
+                Err(tungstenite::Error::Http(resp)) => {
+                    let text = resp
+                        .body()
+                        .as_deref()
+                        .map(String::from_utf8_lossy)
+                        .unwrap_or_default()
+                        .into_owned();
+                    Err(ApiFailure {
+                        endpoint: ep.clone(),
+                        status: resp.status().as_u16(),
+                        problem: serde_json::from_str::<Problem>(&text).ok(),
+                        text,
+                    }
+                    .into())
+                }
+                Err(e) => Err(anyhow::Error::new(e).context(format!("{ep}: websocket handshake"))),
+            };
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("the context has no endpoints")))
     }
 }
 

@@ -12,6 +12,7 @@ mod client;
 mod config;
 mod dev;
 mod devregistry;
+mod exec_stream;
 mod manifest;
 mod objects;
 mod view;
@@ -123,10 +124,10 @@ enum Cmd {
     /// Run a command in an instance (through the controller, on its node's agent).
     Exec {
         instance: String,
-        /// Keep stdin open (interactive; needs the controller's streaming exec).
+        /// Pass this terminal's input to the command until its end (streaming exec).
         #[arg(short, long)]
         interactive: bool,
-        /// Allocate a terminal (needs the controller's streaming exec).
+        /// Run the command on a terminal; this one goes raw for the session (streaming exec).
         #[arg(short, long)]
         tty: bool,
         #[arg(last = true, required = true)]
@@ -488,11 +489,12 @@ async fn run(cli: Cli) -> Result<()> {
             tty,
             command,
         } => {
-            if interactive || tty {
-                bail!("exec -i/-t needs a streaming exec endpoint the controller does not offer yet; run the command without -i/-t");
-            }
             let client = Client::new(&Config::load(&path)?, cli.context.as_deref())?;
-            let code = objects::exec(&client, &instance, command).await?;
+            let code = if interactive || tty {
+                exec_stream::exec(&client, &instance, command, interactive, tty).await?
+            } else {
+                objects::exec(&client, &instance, command).await?
+            };
             if code != 0 {
                 return Err(ExitWith(code).into());
             }

@@ -14,7 +14,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -202,6 +202,37 @@ pub struct ExecOptions {
     pub cwd: Option<PathBuf>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+}
+
+/// The fd number the exec helper finds its console socket on.
+const CONSOLE_FD: i32 = 3;
+
+/// The agent's end of a terminal exec's console socket.
+#[derive(Debug)]
+pub struct ConsoleSocket {
+    ours: OwnedFd,
+    theirs: Option<OwnedFd>,
+}
+
+impl ConsoleSocket {
+    /// The terminal's master end, once the spawned helper has opened it. Call after spawning
+    /// the command (and dropping it, or its copy of the helper's end keeps this waiting when
+    /// the helper fails); a helper that fails before sending gives an error here and its
+    /// reason on its stderr.
+    pub fn receive(mut self, timeout: Duration) -> Result<OwnedFd, RuntimeError> {
+        self.theirs = None;
+        let tv = nix::sys::time::TimeVal::new(timeout.as_secs() as _, timeout.subsec_micros() as _);
+        nix::sys::socket::setsockopt(&self.ours, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
+            .map_err(|e| io_err("console socket timeout")(e.into()))?;
+        match sys::recv_fd(self.ours.as_raw_fd()) {
+            Ok(Some(fd)) => Ok(fd),
+            Ok(None) => Err(RuntimeError::Io {
+                what: "the exec helper ended before opening a terminal".into(),
+                source: std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+            }),
+            Err(e) => Err(io_err("receiving the exec terminal")(e)),
+        }
+    }
 }
 
 /// The processes a shim answered with.
@@ -1066,6 +1097,57 @@ impl Runtime {
     /// A command that runs `opts.args` inside the running container. The
     /// caller chooses stdio and spawns it (std or tokio).
     pub fn exec_command(&self, id: &str, opts: &ExecOptions) -> Result<Command, RuntimeError> {
+        let req = self.exec_request(id, opts)?;
+        Ok(self.exec_helper(&req))
+    }
+
+    /// Like [`Runtime::exec_command`], with a terminal: the command runs as the session leader
+    /// of a pseudo-terminal opened in the container's devpts, `size` (rows, columns) at first.
+    /// Spawn the command, then [`ConsoleSocket::receive`] yields the terminal's master end.
+    pub fn exec_tty_command(
+        &self,
+        id: &str,
+        opts: &ExecOptions,
+        size: Option<(u16, u16)>,
+    ) -> Result<(Command, ConsoleSocket), RuntimeError> {
+        use std::os::unix::process::CommandExt;
+        let mut req = self.exec_request(id, opts)?;
+        let (ours, theirs) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| io_err("console socket")(e.into()))?;
+        req.console_fd = Some(CONSOLE_FD);
+        req.console_size = size;
+        let mut cmd = self.exec_helper(&req);
+        let raw = theirs.as_raw_fd();
+        // SAFETY: only dup2/fcntl (async-signal-safe) between fork and exec. The socket is
+        // close-on-exec everywhere else, so no other child inherits it.
+        unsafe {
+            cmd.pre_exec(move || {
+                if raw == CONSOLE_FD {
+                    let fl = libc::fcntl(raw, libc::F_GETFD);
+                    if fl < 0 || libc::fcntl(raw, libc::F_SETFD, fl & !libc::FD_CLOEXEC) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(raw, CONSOLE_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok((
+            cmd,
+            ConsoleSocket {
+                ours,
+                theirs: Some(theirs),
+            },
+        ))
+    }
+
+    fn exec_request(&self, id: &str, opts: &ExecOptions) -> Result<ExecRequest, RuntimeError> {
         let st = self.state(id)?;
         if st.status != Status::Running {
             return Err(RuntimeError::WrongState {
@@ -1103,18 +1185,23 @@ impl Runtime {
         if let Some(g) = opts.gid {
             process.gid = g;
         }
-        let req = ExecRequest {
+        Ok(ExecRequest {
             init_pid: r.init_pid,
             init_start: r.init_start,
             namespaces: r.config.namespaces.iter().map(|n| n.kind).collect(),
             cgroup_procs: r.cgroup.procs_files(),
             process,
-        };
+            console_fd: None,
+            console_size: None,
+        })
+    }
+
+    fn exec_helper(&self, req: &ExecRequest) -> Command {
         let mut cmd = Command::new(&self.inner.cfg.shim);
         cmd.arg(SHIM_ARG)
             .arg("exec")
-            .arg(serde_json::to_string(&req).expect("serializable"));
-        Ok(cmd)
+            .arg(serde_json::to_string(req).expect("serializable"));
+        cmd
     }
 
     /// CRIU's version and features, for choosing a migration strategy.

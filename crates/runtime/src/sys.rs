@@ -465,6 +465,49 @@ pub fn errno_name(e: &io::Error) -> String {
     e.to_string()
 }
 
+/// Send `fd` over the unix socket `sock` (SCM_RIGHTS) with a one-byte message.
+pub fn send_fd(sock: RawFd, fd: RawFd) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [fd];
+    let iov = [std::io::IoSlice::new(b"t")];
+    sendmsg::<()>(
+        sock,
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(std::io::Error::from)?;
+    Ok(())
+}
+
+/// Receive one fd sent by [`send_fd`]; `Ok(None)` when the peer closed without sending.
+pub fn recv_fd(sock: RawFd) -> std::io::Result<Option<OwnedFd>> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut buf = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = loop {
+        match recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => break r.map_err(std::io::Error::from)?,
+        }
+    };
+    for c in msg.cmsgs().map_err(std::io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            let mut it = fds.into_iter();
+            let first = it.next();
+            for extra in it {
+                // SAFETY: fds we were just given and own.
+                drop(unsafe { OwnedFd::from_raw_fd(extra) });
+            }
+            // SAFETY: as above.
+            return Ok(first.map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
+        }
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -536,3 +536,132 @@ fn live_non_root_user_runs_without_capabilities() {
     f.rt.delete(&id, false).unwrap();
     f.assert_clean();
 }
+
+/// Read from a terminal master until `want` shows up (or the slave side closes).
+fn read_until(master: &std::os::fd::OwnedFd, want: &str, deadline: Instant) -> String {
+    use std::os::fd::AsRawFd;
+    let mut out = Vec::new();
+    while Instant::now() < deadline && !String::from_utf8_lossy(&out).contains(want) {
+        let mut fds = [libc::pollfd {
+            fd: master.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: poll on one valid fd.
+        if unsafe { libc::poll(fds.as_mut_ptr(), 1, 100) } <= 0 {
+            continue;
+        }
+        let mut buf = [0u8; 4096];
+        // SAFETY: read into a local buffer.
+        let n = unsafe { libc::read(master.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            break; // EIO: every slave fd is closed
+        }
+        out.extend_from_slice(&buf[..n as usize]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn live_exec_with_a_terminal() {
+    use std::os::fd::AsRawFd;
+    if !live() {
+        return;
+    }
+    let f = Fixture::new();
+    let id = common::unique("tty");
+    f.rt.run(f.opts(&id, f.spec(&["sh", "-c", "while :; do sleep 0.1; done"])))
+        .unwrap();
+    let opts = ExecOptions {
+        args: vec!["sh".into()],
+        env: vec!["PS1=$ ".into()],
+        ..Default::default()
+    };
+    let (mut cmd, console) = f.rt.exec_tty_command(&id, &opts, Some((33, 111))).unwrap();
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd);
+    let master = console.receive(Duration::from_secs(10)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let write = |s: &str| {
+        // SAFETY: write from a local buffer.
+        let n = unsafe { libc::write(master.as_raw_fd(), s.as_ptr().cast(), s.len()) };
+        assert_eq!(n, s.len() as isize);
+    };
+    // A terminal of the container's own devpts, of the size asked for, owned by the command's
+    // session: `tty` names it, `stty size` reads it, and the shell is a session leader.
+    write("tty; stty size; echo sid=$(cut -d' ' -f6 /proc/$$/stat) pid=$$; echo $((6*7))x\n");
+    let out = read_until(&master, "42x", deadline);
+    assert!(out.contains("/dev/pts/"), "{out}");
+    assert!(out.contains("33 111"), "{out}");
+    let sid_pid = out
+        .lines()
+        .find(|l| l.starts_with("sid="))
+        .unwrap_or_else(|| panic!("{out}"));
+    let (sid, pid) = sid_pid.trim().split_once(' ').unwrap();
+    assert_eq!(&sid[4..], &pid[4..], "{out}");
+    // A resize reaches the command.
+    let ws = libc::winsize {
+        ws_row: 50,
+        ws_col: 160,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: ioctl on our master fd.
+    assert_eq!(
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
+        0
+    );
+    write("stty size; exit 5\n");
+    let out = read_until(&master, "\u{0}", deadline);
+    assert!(out.contains("50 160"), "{out}");
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(5));
+
+    // Closing the terminal hangs the session up: an interactive shell ends.
+    let (mut cmd, console) = f.rt.exec_tty_command(&id, &opts, None).unwrap();
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd);
+    let master = console.receive(Duration::from_secs(10)).unwrap();
+    // SAFETY: write from a static buffer.
+    unsafe { libc::write(master.as_raw_fd(), b"echo ready\n".as_ptr().cast(), 11) };
+    let out = read_until(&master, "ready\r\n", deadline);
+    assert!(out.contains("ready"), "{out}");
+    drop(master);
+    let st = child.wait().unwrap();
+    assert!(st.code().is_some_and(|c| c != 0), "{st:?}");
+
+    // A failing helper (no such command) says why, and receive() does not hang.
+    let (mut cmd, console) =
+        f.rt.exec_tty_command(
+            &id,
+            &ExecOptions {
+                args: vec!["no-such-cmd".into()],
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd);
+    let master = console.receive(Duration::from_secs(10)).unwrap();
+    let out = read_until(&master, "\u{0}", deadline);
+    assert!(out.contains("no-such-cmd"), "{out}");
+    assert_eq!(child.wait().unwrap().code(), Some(127));
+
+    f.rt.stop(&id, Duration::from_secs(5)).unwrap();
+    // A stopped container: refused before anything is spawned.
+    let e =
+        f.rt.exec_tty_command(&id, &opts, None)
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("stopped"), "{e}");
+    f.rt.delete(&id, false).unwrap();
+    f.assert_clean();
+}
