@@ -808,6 +808,15 @@ async fn api_bad_input_is_refused_with_a_problem_naming_the_field_and_changes_no
         403,
     );
     cases.push(Case {
+        name: "read-only token runs a streaming exec",
+        method: Method::GET,
+        uri: "/v1/instances/web-0-0/exec/stream?command=sh".into(),
+        headers: vec![("authorization", format!("Bearer {}", reader.token))],
+        body: None,
+        status: StatusCode::FORBIDDEN,
+        field: None,
+    });
+    cases.push(Case {
         name: "token in the query string",
         method: Method::GET,
         uri: format!(
@@ -818,6 +827,24 @@ async fn api_bad_input_is_refused_with_a_problem_naming_the_field_and_changes_no
         body: None,
         status: StatusCode::UNAUTHORIZED,
         field: Some("Authorization"),
+    });
+    cases.push(Case {
+        name: "streaming exec without a command",
+        method: Method::GET,
+        uri: "/v1/instances/web-0-0/exec/stream?tty=true".into(),
+        headers: vec![],
+        body: None,
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        field: Some("command"),
+    });
+    cases.push(Case {
+        name: "streaming exec that is not a websocket",
+        method: Method::GET,
+        uri: "/v1/instances/web-0-0/exec/stream?command=sh".into(),
+        headers: vec![],
+        body: None,
+        status: StatusCode::BAD_REQUEST,
+        field: None,
     });
     cases.push(Case {
         name: "wrong method",

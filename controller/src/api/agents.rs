@@ -677,12 +677,22 @@ async fn instance_exec_stream(
     State(st): State<ApiState>,
     Path(id): Path<String>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
-    ws: axum::extract::ws::WebSocketUpgrade,
+    ws: Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
 ) -> Result<Response, ApiError> {
     use flotilla_api::exec_stream::{ExecStreamQuery, PROTOCOL};
     validate::path_subdomain("id", &id)?;
     let q = ExecStreamQuery::parse(query.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::invalid(e.field, e.detail))?;
+    let ws = ws.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "websocket-required",
+            format!("a streaming exec is a WebSocket upgrade: {e}"),
+        )
+    })?;
     let base = owner_base(&st, &id).await?;
     let addr = base.trim_start_matches("https://").to_owned();
     let agent = exec_stream::connect(&st, &addr, &id, &q).await?;
