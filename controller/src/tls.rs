@@ -22,18 +22,15 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use flotilla_pki::provider;
+pub use flotilla_pki::{cert_hash, hex, CONTROLLER_CN_PREFIX, NODE_CN_PREFIX};
 
 pub const TLS_DIR: &str = "tls";
-/// Common name prefix of controller certificates; the Raft listener admits only these.
-pub const CONTROLLER_CN_PREFIX: &str = "controller-";
-/// Common name prefix of node (agent) certificates.
-pub const NODE_CN_PREFIX: &str = "node-";
 const CA_CERT: &str = "ca.crt";
 const CA_KEY: &str = "ca.key";
 const CERT: &str = "controller.crt";
@@ -66,26 +63,8 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("cannot build the client certificate verifier")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
-    #[error("malformed ca cert hash {0:?}: expected sha256:<64 hex digits>")]
-    BadHash(String),
-}
-
-/// SHA-256 of a DER certificate as `sha256:<hex>`.
-pub fn cert_hash(der: &[u8]) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, der);
-    format!("sha256:{}", hex(d.as_ref()))
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn parse_hash(s: &str) -> Result<String, TlsError> {
-    let hex = s
-        .strip_prefix("sha256:")
-        .filter(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()))
-        .ok_or_else(|| TlsError::BadHash(s.to_owned()))?;
-    Ok(format!("sha256:{}", hex.to_ascii_lowercase()))
+    #[error(transparent)]
+    Pki(#[from] flotilla_pki::PkiError),
 }
 
 /// Write a file readable by its owner only (mode 0600), replacing any old one.
@@ -428,7 +407,7 @@ impl Identity {
     pub fn raft_server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
         let inner =
             WebPkiClientVerifier::builder_with_provider(self.roots()?, provider()).build()?;
-        let verifier = Arc::new(ControllersOnly { inner });
+        let verifier = flotilla_pki::controllers_only(inner, "raft");
         let mut c = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier)
@@ -449,186 +428,21 @@ impl Identity {
     }
 }
 
-/// A client certificate verifier that, beyond the CA chain, requires a controller's common
-/// name (`controller-<id>`): the Raft listener is for controllers only.
-#[derive(Debug)]
-struct ControllersOnly {
-    inner: Arc<dyn ClientCertVerifier>,
-}
-
-fn is_controller_cert(der: &CertificateDer<'_>) -> bool {
-    x509_parser::parse_x509_certificate(der).is_ok_and(|(_, cert)| {
-        cert.subject().iter_common_name().any(|cn| {
-            cn.as_str()
-                .is_ok_and(|s| s.starts_with(CONTROLLER_CN_PREFIX))
-        })
-    })
-}
-
-impl ClientCertVerifier for ControllersOnly {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-
-    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        if !is_controller_cert(end_entity) {
-            tracing::warn!(
-                "raft listener refused a certificate of the cluster ca that names no controller"
-            );
-            return Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ));
-        }
-        Ok(verified)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 /// A client configuration that trusts exactly the CA with `ca_hash` (`sha256:<hex>`), found in
-/// the chain the server sends.
+/// the chain the server sends (`flotilla_pki::PinnedCaVerifier`).
 pub fn pinned_client_config(ca_hash: &str) -> Result<ClientConfig, TlsError> {
-    let verifier = Arc::new(PinnedCaVerifier {
-        hash: parse_hash(ca_hash)?,
-        provider: provider(),
-    });
-    let mut c = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(c)
-}
-
-/// Trust the server when its chain holds the pinned CA and the leaf verifies against it.
-#[derive(Debug)]
-pub struct PinnedCaVerifier {
-    hash: String,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinnedCaVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let ca = intermediates
-            .iter()
-            .find(|c| cert_hash(c) == self.hash)
-            .ok_or(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::UnknownIssuer,
-            ))?;
-        let mut roots = RootCertStore::empty();
-        roots.add(ca.clone().into_owned())?;
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            self.provider.clone(),
-        )
-        .build()
-        .map_err(|e| rustls::Error::General(e.to_string()))?;
-        inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    Ok(flotilla_pki::pinned_client_config(ca_hash)?)
 }
 
 /// A client configuration trusting the CA in `ca_pem` (clients of the API: clusterctl, tests).
 pub fn ca_client_config(ca_pem: &str) -> Result<ClientConfig, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.map_err(|source| TlsError::Pem {
-            what: "ca certificate",
-            source,
-        })?)?;
-    }
-    let mut c = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(c)
+    Ok(flotilla_pki::ca_client_config(ca_pem)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flotilla_pki::parse_hash;
 
     #[test]
     fn a_signed_csr_keeps_the_cas_choices_and_the_requested_names() {
