@@ -671,6 +671,10 @@ fn monitor(dir: &Path, cgroup: &Cgroup, log: LogConfig, child: i32, pipes: Pipes
         }
     };
     let child_fd = sys::pidfd_open(child).ok();
+    // The exit record's temporary file, created now: allocating an inode
+    // (ext4 scans for one not recently deleted) is then off the exit path.
+    let exit_tmp = dir.join(EXIT_FILE).with_extension("tmp");
+    let exit_file = std::fs::File::create(&exit_tmp).ok();
     let mut streams: Vec<(Option<OwnedFd>, Stream)> = vec![
         (Some(pipes.stdout), Stream::Stdout),
         (Some(pipes.stderr), Stream::Stderr),
@@ -761,10 +765,10 @@ fn monitor(dir: &Path, cgroup: &Cgroup, log: LogConfig, child: i32, pipes: Pipes
         }
     }
     drop(writer);
-    record_exit(dir, cgroup, status.unwrap_or(0))
+    record_exit(dir, cgroup, status.unwrap_or(0), exit_file)
 }
 
-fn record_exit(dir: &Path, cgroup: &Cgroup, status: i32) -> i32 {
+fn record_exit(dir: &Path, cgroup: &Cgroup, status: i32, tmp: Option<std::fs::File>) -> i32 {
     let mut info = ExitInfo {
         finished_at_ms: now_ms(),
         ..Default::default()
@@ -775,7 +779,15 @@ fn record_exit(dir: &Path, cgroup: &Cgroup, status: i32) -> i32 {
         info.signal = Some(libc::WTERMSIG(status));
     }
     info.oom_killed = cgroup.oom_kills().map(|n| n > 0).unwrap_or(false);
-    if let Err(e) = write_json_atomic(&dir.join(EXIT_FILE), &info) {
+    let path = dir.join(EXIT_FILE);
+    let written = match tmp {
+        Some(mut f) => serde_json::to_vec(&info)
+            .map_err(std::io::Error::other)
+            .and_then(|data| f.write_all(&data))
+            .and_then(|()| std::fs::rename(path.with_extension("tmp"), &path)),
+        None => write_json_atomic(&path, &info),
+    };
+    if let Err(e) = written {
         eprintln!("flotilla-shim: recording exit: {e}");
         return 1;
     }
