@@ -302,6 +302,23 @@ pub fn inotify_drain(fd: RawFd) {
     while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
 }
 
+/// rename(2) that fails with EEXIST instead of replacing `to`.
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    let (f, t) = (cpath(from)?, cpath(to)?);
+    // SAFETY: valid C strings.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    })
+    .map(|_| ())
+}
+
 /// Wait until any of `fds` is readable or `timeout` passes (EINTR counts as
 /// a wake-up: callers loop and re-check anyway).
 pub fn poll_readable(fds: &[RawFd], timeout: std::time::Duration) -> io::Result<()> {
