@@ -262,9 +262,6 @@ pub struct Runtime {
 /// Under the root: container directory skeletons made ahead.
 const SPARE_DIR: &str = "spare";
 
-/// Nice value of the pool refill thread and of the zygotes it starts.
-const REFILL_NICE: libc::c_int = 10;
-
 fn rand_suffix() -> String {
     use rand::Rng;
     let mut r = rand::rng();
@@ -443,17 +440,6 @@ impl Runtime {
         }
         let rt = self.clone();
         std::thread::spawn(move || {
-            // Background work: yield the CPU to the container just started
-            // (its exec, exit and the shim's bookkeeping). Zygotes inherit
-            // this and are set back to normal when taken from the pool.
-            // SAFETY: plain syscall on this thread only.
-            unsafe {
-                libc::setpriority(
-                    libc::PRIO_PROCESS,
-                    libc::gettid() as libc::id_t,
-                    REFILL_NICE,
-                )
-            };
             loop {
                 let have = rt.inner.spares.lock().expect("lock").len();
                 if have >= rt.inner.cfg.pool_size {
@@ -491,11 +477,7 @@ impl Runtime {
         // cgroup mounts.
         let pooled = self.inner.pool.lock().expect("lock").pop_front();
         let z = match pooled {
-            Some(z) => {
-                // SAFETY: plain syscall on our own child (single-threaded).
-                unsafe { libc::setpriority(libc::PRIO_PROCESS, z.child.id(), 0) };
-                z
-            }
+            Some(z) => z,
             None => self.spawn_zygote()?,
         };
         // Wait for "ready": it has joined its cgroup by then.
