@@ -406,7 +406,8 @@ impl Runtime {
     }
 
     /// A container directory skeleton made ahead of time: the directories
-    /// `create` needs and the files the shim creates, empty. Allocating an
+    /// `create` needs and the files it and the shim create, empty (and the
+    /// exec fifo). Allocating an
     /// inode is costly on this machine's ext4 (no journal: it scans for one
     /// not recently deleted, ~0.25 ms each under churn), so the pool pays for
     /// them in the background. Renamed into `containers/<id>` by `create`.
@@ -424,6 +425,13 @@ impl Runtime {
             .open(d.join(LOG_FILE))?;
         std::fs::File::create_new(d.join(shim::SHIM_LOG))?;
         std::fs::File::create_new(d.join(EXIT_FILE).with_extension("tmp"))?;
+        // Reused by create's state.json write (write to temp, rename).
+        std::fs::File::create_new(d.join("state.tmp"))?;
+        nix::unistd::mkfifo(
+            &d.join(FIFO_FILE),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .map_err(std::io::Error::from)?;
         Ok(d)
     }
 

@@ -439,11 +439,14 @@ fn create(
     let fifo_c = sys::cpath(&fifo).map_err(|e| e.to_string())?;
     // SAFETY: valid C string.
     if unsafe { libc::mkfifo(fifo_c.as_ptr(), 0o600) } != 0 {
-        return Err(format!(
-            "creating {}: {}",
-            fifo.display(),
-            std::io::Error::last_os_error()
-        ));
+        let e = std::io::Error::last_os_error();
+        // A directory skeleton made ahead by the runtime brings it already.
+        use std::os::unix::fs::FileTypeExt;
+        let made_ahead = e.raw_os_error() == Some(libc::EEXIST)
+            && std::fs::symlink_metadata(&fifo).is_ok_and(|m| m.file_type().is_fifo());
+        if !made_ahead {
+            return Err(format!("creating {}: {e}", fifo.display()));
+        }
     }
     // init opens the fifo after taking the container's identity: it must
     // own it, as seen from the host.
