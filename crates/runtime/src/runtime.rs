@@ -9,7 +9,9 @@
 //!                 exec.fifo    present between create and start
 //!                 rootfs/      overlay mount (lower: image, upper/work below)
 //!                 upper/ work/ container.log* shim.log
+//!                 criu-ext/    tmpfs sources a restore binds (masked dirs, v1 cgroupfs)
 //! netns/<id>                   bind mount of the container's network namespace
+//! spare/<random>/              directory skeletons made ahead, renamed into containers/
 //! ```
 
 use std::collections::{HashSet, VecDeque};
