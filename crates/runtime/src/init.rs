@@ -686,6 +686,10 @@ fn mask_paths(rfd: RawFd, paths: &[PathBuf]) -> R<()> {
         return Ok(());
     }
     let mut null: Option<OwnedFd> = None;
+    // Directories share one empty read-only tmpfs: the first gets it, the
+    // rest are binds of it. CRIU then archives one tmpfs instead of one per
+    // masked directory on every checkpoint (and unpacks one on restore).
+    let mut empty: Option<OwnedFd> = None;
     for p in paths {
         let fd = match sys::open_in_root(rfd, p, libc::O_PATH | libc::O_NOFOLLOW, 0) {
             Ok(fd) => fd,
@@ -699,9 +703,25 @@ fn mask_paths(rfd: RawFd, paths: &[PathBuf]) -> R<()> {
         };
         let target = fd_path(fd.as_raw_fd());
         let r = if is_dir {
-            let t = cstr("tmpfs").expect("static");
-            let data = cstr("size=0,mode=000").expect("static");
-            sys::mount(Some(&t), &target, Some(&t), libc::MS_RDONLY, Some(&data))
+            match &empty {
+                // A bind keeps the source mount's read-only flag.
+                Some(e) => sys::mount(
+                    Some(&fd_path(e.as_raw_fd())),
+                    &target,
+                    None,
+                    libc::MS_BIND,
+                    None,
+                ),
+                None => {
+                    let t = cstr("tmpfs").expect("static");
+                    let data = cstr("size=0,mode=000").expect("static");
+                    let r = sys::mount(Some(&t), &target, Some(&t), libc::MS_RDONLY, Some(&data));
+                    if r.is_ok() {
+                        empty = sys::open_in_root(rfd, p, libc::O_PATH | libc::O_NOFOLLOW, 0).ok();
+                    }
+                    r
+                }
+            }
         } else {
             if null.is_none() {
                 null = Some(open_verified_devnull(rfd)?);

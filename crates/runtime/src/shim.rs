@@ -66,6 +66,9 @@ pub struct RestoreRequest {
     /// Targets of the init's fds 0-2 at dump time.
     pub descriptors: Vec<String>,
     pub tcp_established: bool,
+    /// (key, host path) of external mounts the runtime prepared.
+    #[serde(default)]
+    pub externals: Vec<(String, PathBuf)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -188,6 +191,9 @@ fn zygote_main(payload: &str) -> i32 {
     }
     // Compile the default seccomp filter while idle: most containers use it.
     let default_filter = security::default_seccomp().ok();
+    // Likewise the network namespace (with lo up), the costliest namespace
+    // to create (~1 ms of CPU): a container that wants a new one joins this.
+    let netns = prepare_netns();
     let mut line = String::new();
     let mut r = std::io::BufReader::new(sock);
     match r.read_line(&mut line) {
@@ -196,14 +202,21 @@ fn zygote_main(payload: &str) -> i32 {
     }
     let req = match serde_json::from_str::<ShimRequest>(&line) {
         Ok(ShimRequest::Create(r)) => *r,
-        Ok(ShimRequest::Restore(r)) => return restore_main(&r, &mut w),
+        Ok(ShimRequest::Restore(r)) => {
+            drop(netns);
+            return restore_main(&r, &mut w);
+        }
         Err(e) => {
             let _ = reply(&mut w, &CreateResponse::Err(format!("bad request: {e}")));
             return 1;
         }
     };
-    match create(&req, default_filter) {
+    match create(&req, default_filter, netns) {
         Ok((child, init_start, pipes)) => {
+            // Keep the container's mount namespace referenced until the exit
+            // is recorded: otherwise init's exit unmounts its ~35 mounts and
+            // waits for an RCU grace period before we even learn of it.
+            let mnt_ns = std::fs::File::open(format!("/proc/{child}/ns/mnt")).ok();
             let resp = CreateResponse::Ok {
                 init_pid: child,
                 init_start,
@@ -214,13 +227,38 @@ fn zygote_main(payload: &str) -> i32 {
             drop(w);
             drop(r);
             release_stdin();
-            monitor(&req.dir, &req.cgroup, req.log, child, pipes)
+            let code = monitor(&req.dir, &req.cgroup, req.log, child, pipes);
+            drop(mnt_ns);
+            code
         }
         Err(msg) => {
             let _ = reply(&mut w, &CreateResponse::Err(msg));
             1
         }
     }
+}
+
+/// A fresh network namespace with lo up, created while the zygote waits
+/// in the pool; the zygote itself goes back to its own namespace.
+fn prepare_netns() -> Option<OwnedFd> {
+    let own = std::fs::File::open("/proc/self/ns/net").ok()?;
+    // SAFETY: this process is single-threaded; unshare affects only it.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return None;
+    }
+    let prepared = init::loopback_up()
+        .and_then(|()| std::fs::File::open("/proc/self/ns/net"))
+        .ok();
+    // SAFETY: setns back into the namespace we came from.
+    if unsafe { libc::setns(own.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        // Never run a shim in a namespace of its own making.
+        eprintln!(
+            "flotilla-shim: returning to the host network namespace: {}",
+            std::io::Error::last_os_error()
+        );
+        std::process::exit(1);
+    }
+    prepared.map(OwnedFd::from)
 }
 
 /// fd 0 was the socket to the runtime; keep it occupied by /dev/null.
@@ -303,15 +341,16 @@ fn restore(req: &RestoreRequest) -> Result<(i32, u64, Pipes), String> {
             keys.push((5, k));
         }
     }
-    let args = crate::criu::restore_args(
-        &req.images,
-        &work,
-        &req.rootfs,
-        netns.is_some(),
-        &keys,
-        &pidfile,
-        req.tcp_established,
-    );
+    let args = crate::criu::restore_args(&crate::criu::RestoreArgs {
+        images: &req.images,
+        work: &work,
+        rootfs: &req.rootfs,
+        netns: netns.is_some(),
+        stdio_keys: &keys,
+        pidfile: &pidfile,
+        tcp_established: req.tcp_established,
+        externals: &req.externals,
+    });
     let fds: [RawFd; 3] = [
         netns.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1),
         out_w.as_raw_fd(),
@@ -391,6 +430,7 @@ struct Pipes {
 fn create(
     req: &CreateRequest,
     default_filter: Option<security::SeccompProgram>,
+    prepared_netns: Option<OwnedFd>,
 ) -> Result<(i32, u64, Pipes), String> {
     let cfg = &req.config;
     // Our own diagnostics go next to the container's state.
@@ -399,11 +439,14 @@ fn create(
     let fifo_c = sys::cpath(&fifo).map_err(|e| e.to_string())?;
     // SAFETY: valid C string.
     if unsafe { libc::mkfifo(fifo_c.as_ptr(), 0o600) } != 0 {
-        return Err(format!(
-            "creating {}: {}",
-            fifo.display(),
-            std::io::Error::last_os_error()
-        ));
+        let e = std::io::Error::last_os_error();
+        // A directory skeleton made ahead by the runtime brings it already.
+        use std::os::unix::fs::FileTypeExt;
+        let made_ahead = e.raw_os_error() == Some(libc::EEXIST)
+            && std::fs::symlink_metadata(&fifo).is_ok_and(|m| m.file_type().is_fifo());
+        if !made_ahead {
+            return Err(format!("creating {}: {e}", fifo.display()));
+        }
     }
     // init opens the fifo after taking the container's identity: it must
     // own it, as seen from the host.
@@ -478,7 +521,18 @@ fn create(
         ),
         None => None,
     };
-    let flags = cfg.clone_flags();
+    let mut flags = cfg.clone_flags();
+    // A new network namespace without a new user namespace (which would have
+    // to own it) is the one prepared in the pool: joined, not created.
+    let new_net = cfg.ns(NsKind::Net).is_some_and(|n| n.path.is_none());
+    let mut joined_netns: Option<RawFd> = None;
+    if new_net && cfg.ns(NsKind::User).is_none() {
+        if let Some(fd) = prepared_netns {
+            flags &= !(libc::CLONE_NEWNET as u64);
+            joined_netns = Some(fd.as_raw_fd());
+            join.push((fd, NsKind::Net));
+        }
+    }
     let join_raw: Vec<(RawFd, NsKind)> = join.iter().map(|(f, k)| (f.as_raw_fd(), *k)).collect();
     // SAFETY: this process is single-threaded here (no thread has been
     // spawned yet), so fork-like clone3 is sound.
@@ -531,7 +585,13 @@ fn create(
     let mut netns_bound = None;
     if let Some(p) = &req.netns_path {
         if cfg.ns(NsKind::Net).is_some_and(|n| n.path.is_none()) {
-            if let Err(e) = bind_netns(pid, p) {
+            // From our fd when init joins the prepared namespace: it may not
+            // have joined it yet.
+            let bound = match joined_netns {
+                Some(fd) => bind_netns_from(&format!("/proc/self/fd/{fd}"), p),
+                None => bind_netns(pid, p),
+            };
+            if let Err(e) = bound {
                 return Err(fail(format!(
                     "binding network namespace to {}: {e}",
                     p.display()
@@ -614,6 +674,10 @@ fn monitor(dir: &Path, cgroup: &Cgroup, log: LogConfig, child: i32, pipes: Pipes
         }
     };
     let child_fd = sys::pidfd_open(child).ok();
+    // The exit record's temporary file, created now: allocating an inode
+    // (ext4 scans for one not recently deleted) is then off the exit path.
+    let exit_tmp = dir.join(EXIT_FILE).with_extension("tmp");
+    let exit_file = std::fs::File::create(&exit_tmp).ok();
     let mut streams: Vec<(Option<OwnedFd>, Stream)> = vec![
         (Some(pipes.stdout), Stream::Stdout),
         (Some(pipes.stderr), Stream::Stderr),
@@ -704,10 +768,10 @@ fn monitor(dir: &Path, cgroup: &Cgroup, log: LogConfig, child: i32, pipes: Pipes
         }
     }
     drop(writer);
-    record_exit(dir, cgroup, status.unwrap_or(0))
+    record_exit(dir, cgroup, status.unwrap_or(0), exit_file)
 }
 
-fn record_exit(dir: &Path, cgroup: &Cgroup, status: i32) -> i32 {
+fn record_exit(dir: &Path, cgroup: &Cgroup, status: i32, tmp: Option<std::fs::File>) -> i32 {
     let mut info = ExitInfo {
         finished_at_ms: now_ms(),
         ..Default::default()
@@ -718,7 +782,15 @@ fn record_exit(dir: &Path, cgroup: &Cgroup, status: i32) -> i32 {
         info.signal = Some(libc::WTERMSIG(status));
     }
     info.oom_killed = cgroup.oom_kills().map(|n| n > 0).unwrap_or(false);
-    if let Err(e) = write_json_atomic(&dir.join(EXIT_FILE), &info) {
+    let path = dir.join(EXIT_FILE);
+    let written = match tmp {
+        Some(mut f) => serde_json::to_vec(&info)
+            .map_err(std::io::Error::other)
+            .and_then(|data| f.write_all(&data))
+            .and_then(|()| std::fs::rename(path.with_extension("tmp"), &path)),
+        None => write_json_atomic(&path, &info),
+    };
+    if let Err(e) = written {
         eprintln!("flotilla-shim: recording exit: {e}");
         return 1;
     }

@@ -122,6 +122,12 @@ pub fn open_in_root(root: RawFd, path: &Path, flags: i32, mode: u32) -> io::Resu
 /// Create every missing directory of `path` inside `root` (resolved in root)
 /// and return an O_PATH fd to the final directory.
 pub fn mkdir_all_in_root(root: RawFd, path: &Path, mode: u32) -> io::Result<OwnedFd> {
+    // Usually the directory exists: one lookup instead of one per component.
+    match open_in_root(root, path, libc::O_PATH | libc::O_DIRECTORY, 0) {
+        Ok(fd) => return Ok(fd),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+        Err(e) => return Err(e),
+    }
     let mut cur = std::path::PathBuf::from("/");
     let mut fd = open_in_root(root, &cur, libc::O_PATH | libc::O_DIRECTORY, 0)?;
     for comp in path.components() {
@@ -265,6 +271,77 @@ pub fn pidfd_wait(pidfd: RawFd, timeout: Option<std::time::Duration>) -> io::Res
     }
 }
 
+/// An inotify instance, for waiting on files that appear in a directory.
+/// Reuse instances: closing one waits for an SRCU grace period in the kernel
+/// (fsnotify group teardown), several ms on a busy machine.
+pub fn inotify_new() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the fd is ours.
+    let fd = cvt_i(unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) })?;
+    // SAFETY: the kernel returned a new fd we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Watch `dir` for files created in or renamed into it; returns the watch id.
+pub fn inotify_watch(fd: RawFd, dir: &Path) -> io::Result<i32> {
+    let c = cpath(dir)?;
+    // SAFETY: valid fd and C string.
+    cvt_i(unsafe { libc::inotify_add_watch(fd, c.as_ptr(), libc::IN_MOVED_TO | libc::IN_CREATE) })
+}
+
+/// Remove a watch (asynchronous in the kernel) and discard queued events.
+pub fn inotify_unwatch(fd: RawFd, wd: i32) {
+    // SAFETY: plain syscall; EINVAL when the directory is already gone.
+    unsafe { libc::inotify_rm_watch(fd, wd) };
+    inotify_drain(fd);
+}
+
+/// Discard the queued events (the caller re-checks the files).
+pub fn inotify_drain(fd: RawFd) {
+    let mut buf = [0u8; 4096];
+    // SAFETY: reading into our buffer from a non-blocking fd.
+    while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+}
+
+/// rename(2) that fails with EEXIST instead of replacing `to`.
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    let (f, t) = (cpath(from)?, cpath(to)?);
+    // SAFETY: valid C strings.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    })
+    .map(|_| ())
+}
+
+/// Wait until any of `fds` is readable or `timeout` passes (EINTR counts as
+/// a wake-up: callers loop and re-check anyway).
+pub fn poll_readable(fds: &[RawFd], timeout: std::time::Duration) -> io::Result<()> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: a valid array of pollfd.
+    let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 /// Mark every fd from `first` upwards close-on-exec, so nothing of the host
 /// leaks into the container (CVE-2024-21626) and CRIU sees no host fds.
 pub fn cloexec_from(first: u32) -> io::Result<()> {
@@ -387,7 +464,7 @@ pub fn mounts_under(dir: &Path) -> Vec<std::path::PathBuf> {
     v
 }
 
-fn unescape_mountinfo(s: &str) -> String {
+pub(crate) fn unescape_mountinfo(s: &str) -> String {
     // mountinfo escapes space, tab, newline and backslash as \ooo.
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());

@@ -449,3 +449,84 @@ fn live_criu_checkpoint_can_leave_the_container_stopped_then_resume_it() {
     f.rt.delete(&id, true).unwrap();
     f.assert_clean();
 }
+
+/// (mountpoint, fstype, read-only) of the masked directories, `/sys/fs/cgroup`
+/// and the mounts below it, as the container's init sees them.
+fn mount_shape(pid: i32, masked: &[PathBuf]) -> Vec<(String, String, bool)> {
+    let mi = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let mut out = vec![];
+    for line in mi.lines() {
+        let (pre, post) = line.split_once(" - ").unwrap();
+        let f: Vec<&str> = pre.split(' ').collect();
+        let (root, mp, opts) = (f[3], f[4], f[5]);
+        let fstype = post.split(' ').next().unwrap();
+        // Masked directories (whole tmpfs), not the /dev/null binds over masked files.
+        let masked_dir = root == "/" && masked.iter().any(|m| Path::new(mp) == m);
+        if masked_dir || mp.starts_with("/sys/fs/cgroup") {
+            let ro = opts.split(',').any(|o| o == "ro");
+            out.push((mp.to_string(), fstype.to_string(), ro));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn live_criu_restore_recreates_masked_dirs_and_cgroup_tmpfs_without_archiving_them() {
+    if !criu_ready() {
+        return;
+    }
+    let f = Fixture::new();
+    let id = common::unique("shape");
+    let spec = f.spec(&["sh", "-c", "while :; do sleep 1; done"]);
+    let st = f.rt.run(f.opts(&id, spec)).unwrap();
+    let masked = st.record.config.masked_paths.clone();
+    let before = mount_shape(st.record.init_pid, &masked);
+    // Every masked directory that exists is an empty read-only tmpfs.
+    let masked_dirs: Vec<_> = before
+        .iter()
+        .filter(|(mp, _, _)| !mp.starts_with("/sys/fs/cgroup"))
+        .collect();
+    assert!(!masked_dirs.is_empty(), "no masked directory: {before:?}");
+    assert!(
+        masked_dirs.iter().all(|(_, t, ro)| t == "tmpfs" && *ro),
+        "{before:?}"
+    );
+    let images = f.root.path().join("ckpt-shape");
+    f.rt.checkpoint(
+        &id,
+        &CheckpointOptions {
+            images_dir: images.clone(),
+            tcp_established: false,
+            after: AfterCheckpoint::Kill,
+        },
+    )
+    .unwrap();
+    // Only /dev and /dev/shm are archived (the shared masked tmpfs and the
+    // v1 cgroup tmpfs are external mounts the runtime recreates).
+    let archives: Vec<String> = std::fs::read_dir(&images)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("tmpfs-dev-"))
+        .collect();
+    assert_eq!(archives.len(), 2, "{archives:?}");
+    let st =
+        f.rt.restore(
+            &id,
+            &RestoreOptions {
+                images_dir: images,
+                tcp_established: false,
+            },
+        )
+        .unwrap();
+    let after = mount_shape(st.record.init_pid, &masked);
+    assert_eq!(before, after, "mounts changed across checkpoint/restore");
+    // The restored masked directories are still empty.
+    for (mp, _, _) in masked_dirs {
+        let p = format!("/proc/{}/root{mp}", st.record.init_pid);
+        assert_eq!(std::fs::read_dir(&p).unwrap().count(), 0, "{p} not empty");
+    }
+    f.rt.delete(&id, true).unwrap();
+    f.assert_clean();
+}
