@@ -16,7 +16,7 @@ read -r -a CONC <<<"${CONC[*]}"
 
 command -v etcd >/dev/null || { echo "run.sh: etcd not found (deploy/install-deps.sh installs etcd-server)" >&2; exit 1; }
 cargo build --release -q -p flotilla-controller --example raft_bench
-BENCH=target/release/examples/raft_bench
+BENCH=${CARGO_TARGET_DIR:-target}/release/examples/raft_bench
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/flotilla-bench.XXXXXX")
 PIDS=()

@@ -86,6 +86,12 @@ impl HttpNetwork {
     fn url(&self, addr: &str, path: &str) -> String {
         format!("{}://{addr}{path}", self.scheme)
     }
+
+    /// Parsed once per peer connection: reqwest would otherwise parse (and IDNA-check) the
+    /// URL string on every RPC.
+    fn parsed_url(&self, addr: &str, path: &str) -> Option<reqwest::Url> {
+        reqwest::Url::parse(&self.url(addr, path)).ok()
+    }
 }
 
 fn classify(target: NodeId, e: reqwest::Error) -> TransportError {
@@ -102,7 +108,7 @@ fn classify(target: NodeId, e: reqwest::Error) -> TransportError {
 async fn post_json<Req: Serialize, Resp: DeserializeOwned>(
     client: &reqwest::Client,
     target: NodeId,
-    url: String,
+    url: impl reqwest::IntoUrl,
     body: &Req,
     timeout: Duration,
 ) -> Result<Resp, TransportError> {
@@ -156,6 +162,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
         HttpConnection {
             net: self.clone(),
             target,
+            append_url: self.parsed_url(&node.raft_addr, "/raft/append"),
             addr: node.raft_addr.clone(),
         }
     }
@@ -166,6 +173,9 @@ pub struct HttpConnection {
     net: HttpNetwork,
     target: NodeId,
     addr: String,
+    /// `/raft/append` on the peer, parsed once (`None` if the address does not parse: the
+    /// string path then reports the error per request).
+    append_url: Option<reqwest::Url>,
 }
 
 type RpcResult<T, E = RaftError<NodeId>> = Result<T, RPCError<NodeId, ControllerAddr, E>>;
@@ -182,9 +192,22 @@ impl HttpConnection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let url = self.net.url(&self.addr, path);
-        let res: Result<Result<Resp, E>, TransportError> =
-            post_json(&self.net.client, self.target, url, req, option.hard_ttl()).await;
+        let res: Result<Result<Resp, E>, TransportError> = match &self.append_url {
+            Some(url) if path == "/raft/append" => {
+                post_json(
+                    &self.net.client,
+                    self.target,
+                    url.clone(),
+                    req,
+                    option.hard_ttl(),
+                )
+                .await
+            }
+            _ => {
+                let url = self.net.url(&self.addr, path);
+                post_json(&self.net.client, self.target, url, req, option.hard_ttl()).await
+            }
+        };
         match res {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),

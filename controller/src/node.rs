@@ -301,7 +301,8 @@ impl ControllerNode {
         Fut: Future<Output = Result<Attempt<T>, ControllerError>>,
     {
         let deadline = Instant::now() + self.request_timeout;
-        let mut hint = self.metrics().current_leader;
+        // Borrow, not `metrics()`: cloning the whole metrics on every write is measurable.
+        let mut hint = self.raft.metrics().borrow().current_leader;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableDatabase, ReadableTable};
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
@@ -99,75 +99,97 @@ pub struct LogStore {
 }
 
 fn writer(db: Arc<Database>, pending: Pending, rx: mpsc::Receiver<Op>) {
+    // Unacknowledged metadata (the committed index) waits here for the next group that is
+    // written anyway, instead of costing a transaction of its own per commit. Channel order is
+    // kept: it is written before the ops that were queued after it.
+    let mut deferred: Vec<Op> = Vec::new();
     while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
+        let mut group = std::mem::take(&mut deferred);
+        group.push(first);
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
                 Ok(op) => group.push(op),
                 Err(_) => break,
             }
         }
-        let started = std::time::Instant::now();
-        let result = write_group(&db, &group).map_err(|e| e.to_string());
-        tracing::debug!(
-            ops = group.len(),
-            micros = started.elapsed().as_micros() as u64,
-            "raft log group written"
-        );
-        if let Err(e) = &result {
-            tracing::error!(error = %e, ops = group.len(), "cannot write to the raft log");
+        if group
+            .iter()
+            .all(|op| matches!(op, Op::Meta { done: None, .. }))
+        {
+            // Keep only the latest value per key.
+            let mut seen = std::collections::HashSet::new();
+            for op in group.into_iter().rev() {
+                if let Op::Meta { key, .. } = &op {
+                    if seen.insert(*key) {
+                        deferred.push(op);
+                    }
+                }
+            }
+            deferred.reverse();
+            continue;
         }
-        // Written: the entries are readable from the table now.
-        if result.is_ok() {
-            let mut pending = pending.lock().unwrap_or_else(PoisonError::into_inner);
-            for op in &group {
-                if let Op::Append { rows, .. } = op {
-                    for (log_id, _) in rows {
-                        if pending
-                            .get(&log_id.index)
-                            .is_some_and(|e| e.log_id == *log_id)
-                        {
-                            pending.remove(&log_id.index);
-                        }
+        write_and_report(&db, &pending, group);
+    }
+    // Closed: write what is still deferred (a clean shutdown keeps the committed index).
+    if !deferred.is_empty() {
+        write_and_report(&db, &pending, deferred);
+    }
+}
+
+fn write_and_report(db: &Database, pending: &Pending, group: Vec<Op>) {
+    let started = std::time::Instant::now();
+    let result = write_group(db, &group).map_err(|e| e.to_string());
+    tracing::debug!(
+        ops = group.len(),
+        micros = started.elapsed().as_micros() as u64,
+        "raft log group written"
+    );
+    if let Err(e) = &result {
+        tracing::error!(error = %e, ops = group.len(), "cannot write to the raft log");
+    }
+    // Written: the entries are readable from the table now.
+    if result.is_ok() {
+        let mut pending = pending.lock().unwrap_or_else(PoisonError::into_inner);
+        for op in &group {
+            if let Op::Append { rows, .. } = op {
+                for (log_id, _) in rows {
+                    if pending
+                        .get(&log_id.index)
+                        .is_some_and(|e| e.log_id == *log_id)
+                    {
+                        pending.remove(&log_id.index);
                     }
                 }
             }
         }
-        for op in group {
-            let r = result.clone();
-            match op {
-                Op::Append {
-                    done: AppendDone::Raft(cb),
-                    ..
-                } => {
-                    cb.log_io_completed(r.map_err(std::io::Error::other));
-                }
-                Op::Append {
-                    done: AppendDone::Wait(done),
-                    ..
-                }
-                | Op::Truncate { done, .. }
-                | Op::Purge { done, .. }
-                | Op::Meta {
-                    done: Some(done), ..
-                } => {
-                    let _ = done.send(r);
-                }
-                Op::Meta { done: None, .. } => {}
+    }
+    for op in group {
+        let r = result.clone();
+        match op {
+            Op::Append {
+                done: AppendDone::Raft(cb),
+                ..
+            } => {
+                cb.log_io_completed(r.map_err(std::io::Error::other));
             }
+            Op::Append {
+                done: AppendDone::Wait(done),
+                ..
+            }
+            | Op::Truncate { done, .. }
+            | Op::Purge { done, .. }
+            | Op::Meta {
+                done: Some(done), ..
+            } => {
+                let _ = done.send(r);
+            }
+            Op::Meta { done: None, .. } => {}
         }
     }
 }
 
 fn write_group(db: &Database, group: &[Op]) -> Result<(), StoreError> {
-    let mut txn = db.begin_write()?;
-    // Only unacknowledged metadata (the committed index) in this group: no fsync needed.
-    let needs_sync = group
-        .iter()
-        .any(|op| !matches!(op, Op::Meta { done: None, .. }));
-    if !needs_sync {
-        txn.set_durability(Durability::None)?;
-    }
+    let txn = db.begin_write()?;
     {
         let mut log = txn.open_table(LOG)?;
         let mut meta = txn.open_table(META)?;

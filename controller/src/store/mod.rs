@@ -12,12 +12,13 @@
 //!
 //! Durability: log appends, truncation, purge and the vote commit with
 //! `Durability::Immediate` (fsync) before openraft is told they are done; they go through one
-//! writer thread that commits whatever is queued as one group (see `log`). State-machine
-//! applies commit with `Durability::None` (visible at once, fsynced with every 256th batch,
-//! every snapshot build and every snapshot install). Two files keep applies from waiting for
-//! log fsyncs on redb's single writer lock. A crash can roll the state machine back to an
-//! older applied index, never behind the last snapshot, and so never behind the purged log;
-//! openraft re-applies the committed entries from the log (`save_committed` is implemented).
+//! writer thread that commits whatever is queued as one group (see `log`). The committed index
+//! is not acknowledged and waits for the next group. Applies touch memory only; the `sm` tables
+//! and `snapshot` are replaced together, durably, when a snapshot is built or installed, so the
+//! state machine on disk is exactly the last snapshot. After a crash the state machine starts
+//! there and openraft re-applies the committed entries after it (`save_committed` is
+//! implemented); openraft purges the log only behind a built (durable) snapshot, so those
+//! entries are always in the log.
 //!
 //! All state-machine redb work runs on tokio's blocking pool: a commit that fsyncs never
 //! stalls a runtime worker.

@@ -1,19 +1,22 @@
 //! The state machine (`RaftStateMachine`) and its snapshots.
 //!
-//! The state lives in memory (`SmData`, shared with the controller for reads) and in redb: each
-//! applied batch writes the objects its commands touched, the new events and the applied log id
-//! in one transaction. A snapshot is the serialized `ClusterState` read from one read
-//! transaction; installing one replaces the tables in one write transaction.
+//! The state lives in memory (`SmData`, shared with the controller for reads). Applying a batch
+//! touches memory only: like etcd, only the log is fsynced on the write path, and the applied
+//! state is rebuilt from the log after a restart. The state reaches redb (tables and the
+//! current snapshot, one durable transaction) when a snapshot is built or installed, so the
+//! state on disk is always exactly the current snapshot's. On open, the state machine reports
+//! that snapshot's last applied id, and openraft re-applies the committed log entries after it
+//! (`save_committed` is implemented); openraft purges the log only up to a snapshot that is
+//! already durable, so those entries are always there.
 
-use std::collections::BTreeSet;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use flotilla_api::cluster::{CommandResult, ObjectKey, EVENTS_CAPACITY};
+use flotilla_api::cluster::{CommandResult, ObjectKey};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
-use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::{blocking, StoreError, EVENTS, OBJECTS, SM_META, SNAPSHOT};
@@ -51,11 +54,7 @@ pub struct StateMachineStore {
     db: Arc<Database>,
     data: Arc<RwLock<SmData>>,
     snapshot_seq: Arc<AtomicU64>,
-    batches: u64,
 }
-
-/// Every this many applied batches the state machine commit is fsynced.
-const SYNC_EVERY_BATCHES: u64 = 256;
 
 fn parse_key(s: &str) -> Result<ObjectKey, StoreError> {
     let bad = || StoreError::BadObjectKey(s.to_owned());
@@ -104,15 +103,6 @@ fn read_payload(txn: &ReadTransaction) -> Result<SnapshotPayload, StoreError> {
     })
 }
 
-/// Rows one applied batch writes.
-struct BatchWrite {
-    objects: Vec<(String, Option<Vec<u8>>)>,
-    new_events: Vec<(u64, Vec<u8>)>,
-    /// Events with a sequence number at or below this one left the ring.
-    dropped_upto: u64,
-    meta: Vec<(&'static str, Vec<u8>)>,
-}
-
 impl StateMachineStore {
     pub(super) fn load(db: Arc<Database>) -> Result<Self, StoreError> {
         let payload = read_payload(&db.begin_read()?)?;
@@ -129,7 +119,6 @@ impl StateMachineStore {
                 state: payload.state,
             })),
             snapshot_seq: Arc::new(AtomicU64::new(0)),
-            batches: 0,
         })
     }
 
@@ -146,38 +135,16 @@ impl StateMachineStore {
         self.data.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn meta_rows(data: &SmData) -> Result<Vec<(&'static str, Vec<u8>)>, StoreError> {
-        Ok(vec![
-            (LAST_APPLIED, serde_json::to_vec(&data.last_applied)?),
-            (MEMBERSHIP, serde_json::to_vec(&data.last_membership)?),
-            (
-                LAST_EVENT_SEQ,
-                serde_json::to_vec(&data.state.last_event_seq)?,
-            ),
-        ])
-    }
-
-    /// Apply entries in memory and return the results and the rows to persist.
-    fn apply_in_memory(
-        &self,
-        entries: impl Iterator<Item = Entry>,
-    ) -> Result<(Vec<CommandResult>, BatchWrite), StoreError> {
+    /// Apply entries to the in-memory state and return their results.
+    fn apply_in_memory(&self, entries: impl Iterator<Item = Entry>) -> Vec<CommandResult> {
         let mut data = self.write_data();
-        let first_event_seq = data.state.last_event_seq;
-        let mut touched = BTreeSet::new();
         let mut results = Vec::new();
         for entry in entries {
             let index = entry.log_id.index;
             data.last_applied = Some(entry.log_id);
             let result = match entry.payload {
                 EntryPayload::Blank => CommandResult::Applied { revision: index },
-                EntryPayload::Normal(cmd) => {
-                    let result = data.state.apply_versioned(index, &cmd);
-                    if result.is_applied() {
-                        touched.extend(cmd.command.touched());
-                    }
-                    result
-                }
+                EntryPayload::Normal(cmd) => data.state.apply_versioned(index, &cmd),
                 EntryPayload::Membership(m) => {
                     data.last_membership = StoredMembership::new(Some(entry.log_id), m);
                     CommandResult::Applied { revision: index }
@@ -185,34 +152,8 @@ impl StateMachineStore {
             };
             results.push(result);
         }
-        let mut objects = Vec::with_capacity(touched.len());
-        for key in touched {
-            let json = data.state.object_json(&key)?;
-            objects.push((key.to_string(), json));
-        }
-        let mut new_events = Vec::new();
-        for e in data.state.events.iter().filter(|e| e.seq > first_event_seq) {
-            new_events.push((e.seq, serde_json::to_vec(e)?));
-        }
-        let dropped_upto = data
-            .state
-            .last_event_seq
-            .saturating_sub(EVENTS_CAPACITY as u64);
-        let meta = Self::meta_rows(&data)?;
-        Ok((
-            results,
-            BatchWrite {
-                objects,
-                new_events,
-                dropped_upto,
-                meta,
-            },
-        ))
+        results
     }
-}
-
-fn sm_write_err(e: StoreError) -> StorageError {
-    StorageIOError::write_state_machine(&e).into()
 }
 
 fn sm_read_err(e: StoreError) -> StorageError {
@@ -223,15 +164,28 @@ fn snapshot_err(e: StoreError) -> StorageError {
     StorageIOError::write_snapshot(None, &e).into()
 }
 
-/// Replace the whole state machine (tables and current snapshot) in one transaction.
+/// Replace the whole state machine (tables and current snapshot) in one durable transaction,
+/// unless the stored snapshot is already newer (a build that finished after an install).
 fn install_payload(
     db: &Database,
     payload: &SnapshotPayload,
     meta: &SnapshotMeta,
     data: &[u8],
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let txn = db.begin_write()?;
     {
+        let stored: Option<LogId> = {
+            let sm_meta = txn.open_table(SM_META)?;
+            let v = sm_meta.get(LAST_APPLIED)?;
+            match v {
+                Some(v) => serde_json::from_slice(v.value())?,
+                None => None,
+            }
+        };
+        if stored > payload.last_applied {
+            txn.abort()?;
+            return Ok(false);
+        }
         let mut objects = txn.open_table(OBJECTS)?;
         objects.retain(|_, _| false)?;
         for key in payload.state.keys() {
@@ -262,7 +216,7 @@ fn install_payload(
         snap.insert(SNAPSHOT_DATA, data)?;
     }
     txn.commit()?;
-    Ok(())
+    Ok(true)
 }
 
 fn read_current_snapshot(db: &Database) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
@@ -291,61 +245,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let started = std::time::Instant::now();
-        let (results, batch) = self
-            .apply_in_memory(entries.into_iter())
-            .map_err(sm_write_err)?;
-        let in_memory = started.elapsed().as_micros() as u64;
-        let db = self.db.clone();
-        let entries = results.len();
-        self.batches += 1;
-        let durability = if self.batches.is_multiple_of(SYNC_EVERY_BATCHES) {
-            Durability::Immediate
-        } else {
-            // Made durable by the next immediate commit (see the module docs of `store`).
-            Durability::None
-        };
-        blocking(move || {
-            let mut txn = db.begin_write()?;
-            txn.set_durability(durability)?;
-            {
-                let mut objects = txn.open_table(OBJECTS)?;
-                for (key, json) in &batch.objects {
-                    match json {
-                        Some(json) => objects.insert(key.as_str(), json.as_slice())?,
-                        None => objects.remove(key.as_str())?,
-                    };
-                }
-                let mut events = txn.open_table(EVENTS)?;
-                for (seq, json) in &batch.new_events {
-                    events.insert(*seq, json.as_slice())?;
-                }
-                if batch.dropped_upto > 0 {
-                    events.retain_in::<u64, _>(..=batch.dropped_upto, |_, _| false)?;
-                }
-                let mut meta = txn.open_table(SM_META)?;
-                for (key, value) in &batch.meta {
-                    meta.insert(*key, value.as_slice())?;
-                }
-            }
-            txn.commit()?;
-            Ok(())
-        })
-        .await
-        .map_err(sm_write_err)?;
-        tracing::debug!(
-            entries,
-            in_memory,
-            micros = started.elapsed().as_micros() as u64,
-            "state machine batch applied"
-        );
-        Ok(results)
+        Ok(self.apply_in_memory(entries.into_iter()))
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Called by openraft between applies: the copy is one consistent applied state.
+        let data = self.read_data().clone();
         SnapshotBuilder {
             db: self.db.clone(),
             seq: self.snapshot_seq.clone(),
+            data: Some(data),
         }
     }
 
@@ -390,19 +299,27 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 }
 
-/// Builds a snapshot from one read transaction, so it never mixes two applied states.
+/// Builds a snapshot from a copy of the applied state taken between two applies, and makes it
+/// (tables and snapshot) durable before openraft may purge the log behind it.
 pub struct SnapshotBuilder {
     db: Arc<Database>,
     seq: Arc<AtomicU64>,
+    data: Option<SmData>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let db = self.db.clone();
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let data = self.data.take().unwrap_or_default();
         let snapshot: Snapshot<TypeConfig> = blocking(move || {
-            let payload = read_payload(&db.begin_read()?)?;
-            let data = serde_json::to_vec(&payload)?;
+            let payload = SnapshotPayload {
+                format: SNAPSHOT_FORMAT,
+                last_applied: data.last_applied,
+                last_membership: data.last_membership,
+                state: data.state,
+            };
+            let bytes = serde_json::to_vec(&payload)?;
             let snapshot_id = match payload.last_applied {
                 Some(l) => format!(
                     "{}-{}-{}-{seq}",
@@ -412,19 +329,18 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             };
             let meta = SnapshotMeta {
                 last_log_id: payload.last_applied,
-                last_membership: payload.last_membership,
+                last_membership: payload.last_membership.clone(),
                 snapshot_id,
             };
-            let txn = db.begin_write()?;
-            {
-                let mut snap = txn.open_table(SNAPSHOT)?;
-                snap.insert(SNAPSHOT_META, serde_json::to_vec(&meta)?.as_slice())?;
-                snap.insert(SNAPSHOT_DATA, data.as_slice())?;
+            if !install_payload(&db, &payload, &meta, &bytes)? {
+                tracing::info!(
+                    index = meta.last_log_id.map(|l| l.index),
+                    "a newer snapshot was stored meanwhile; keeping it"
+                );
             }
-            txn.commit()?;
             Ok(Snapshot {
                 meta,
-                snapshot: Box::new(Cursor::new(data)),
+                snapshot: Box::new(Cursor::new(bytes)),
             })
         })
         .await
