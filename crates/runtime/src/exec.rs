@@ -181,6 +181,18 @@ fn child(
     if let Err(e) = crate::init::take_identity(p, last_cap, userns) {
         return e;
     }
+    // The command lives as long as its helper: a helper killed (an exec whose client went away
+    // and did not stop on SIGTERM) takes the command with it instead of leaving it in the
+    // container. Set after the identity change, which would clear it.
+    // SAFETY: plain prctl and getppid.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        // The helper is outside this pid namespace (ppid 0); a visible parent means the helper
+        // already died and the container's init adopted us.
+        if libc::getppid() != 0 {
+            libc::_exit(137);
+        }
+    }
     crate::init::exec_process(p, seccomp)
 }
 

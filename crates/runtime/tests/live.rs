@@ -655,6 +655,56 @@ fn live_exec_with_a_terminal() {
     assert!(out.contains("no-such-cmd"), "{out}");
     assert_eq!(child.wait().unwrap().code(), Some(127));
 
+    // A helper killed outright takes its command along: nothing stays in the container.
+    let (mut cmd, console) =
+        f.rt.exec_tty_command(
+            &id,
+            &ExecOptions {
+                args: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "trap '' TERM HUP; echo up; exec sleep 612".into(),
+                ],
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd);
+    let master = console.receive(Duration::from_secs(10)).unwrap();
+    let out = read_until(&master, "up", deadline);
+    assert!(out.contains("up"), "{out}");
+    let ps = |f: &Fixture| {
+        let o =
+            f.rt.exec_command(
+                &id,
+                &ExecOptions {
+                    args: vec!["ps".into(), "-o".into(), "args".into()],
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    while !ps(&f).contains("sleep 612") && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(ps(&f).contains("sleep 612"), "{}", ps(&f));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while ps(&f).contains("sleep 612") && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!ps(&f).contains("sleep 612"), "left behind: {}", ps(&f));
+    drop(master);
+
     f.rt.stop(&id, Duration::from_secs(5)).unwrap();
     // A stopped container: refused before anything is spawned.
     let e =
