@@ -73,6 +73,12 @@ enum Cmd {
         /// A registry HOST:PORT spoken to over plain HTTP (test registries; repeatable).
         #[arg(long)]
         registry_insecure: Vec<String>,
+        /// CPU the node offers the scheduler, in millicores (default: every CPU; at most that).
+        #[arg(long)]
+        capacity_cpu_millis: Option<u64>,
+        /// Memory the node offers the scheduler, in bytes (default: the machine's; at most that).
+        #[arg(long)]
+        capacity_memory_bytes: Option<u64>,
     },
     /// Create and start a container.
     Run(RunArgs),
@@ -307,6 +313,8 @@ async fn real_main(cli: Cli) -> Result<i32> {
             advertise,
             labels,
             registry_insecure,
+            capacity_cpu_millis,
+            capacity_memory_bytes,
         } => {
             let mut label_map = std::collections::BTreeMap::new();
             for l in &labels {
@@ -325,6 +333,10 @@ async fn real_main(cli: Cli) -> Result<i32> {
                 labels: label_map,
                 registry_insecure,
                 node_netns: node_netns.clone(),
+                capacity: flotilla_agent::cluster::CapacityOverride {
+                    cpu_millis: capacity_cpu_millis,
+                    memory_bytes: capacity_memory_bytes,
+                },
             };
             let net = match subnet {
                 Some(sn) => {

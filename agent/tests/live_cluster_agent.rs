@@ -579,11 +579,34 @@ fn live_cluster_agent_joins_runs_reports_stops_readopts_and_restarts_on_liveness
                 &advertise,
                 "--label",
                 "zone=a",
+                "--capacity-cpu-millis",
+                "750",
+                "--capacity-memory-bytes",
+                "1073741824",
             ]
             .map(str::to_owned),
         );
         v
     };
+    // A capacity above the machine's is refused before the join, naming the flag.
+    let mut over = base_args("abcdef.0123456789abcdef");
+    let at = over
+        .iter()
+        .position(|a| a == "--capacity-memory-bytes")
+        .context("capacity flag")?;
+    over[at + 1] = (u64::MAX / 2).to_string();
+    let bad = in_netns(&mut Command::new(AGENT), ns_fd)
+        .args(over)
+        .output()?;
+    let err = String::from_utf8_lossy(&bad.stderr);
+    ensure!(
+        !bad.status.success() && err.contains("--capacity-memory-bytes"),
+        "capacity above the machine's: {err}"
+    );
+    ensure!(
+        !w.dir.path().join("state/cluster/identity.json").exists(),
+        "identity written by a refused capacity"
+    );
     let bad = in_netns(&mut Command::new(AGENT), ns_fd)
         .args(base_args("abcdef.0123456789abcdef"))
         .output()?;
@@ -626,7 +649,15 @@ fn live_cluster_agent_joins_runs_reports_stops_readopts_and_restarts_on_liveness
     })?;
     let node = api.get("/v1/nodes/n1")?;
     ensure!(node["features"]["cgroup"].is_string(), "{node}");
-    ensure!(node["capacity"]["cpuMillis"].as_u64() > Some(0), "{node}");
+    // The node offers what the flags say, not the whole machine.
+    ensure!(
+        node["capacity"]["cpuMillis"].as_u64() == Some(750),
+        "{node}"
+    );
+    ensure!(
+        node["capacity"]["memoryBytes"].as_u64() == Some(1 << 30),
+        "{node}"
+    );
 
     // A workload and a placement on n1 (raw command: the leader's scheduler is not needed).
     api.ok(

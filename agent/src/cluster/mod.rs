@@ -48,6 +48,41 @@ pub struct ClusterArgs {
     pub labels: BTreeMap<String, String>,
     pub registry_insecure: Vec<String>,
     pub node_netns: Option<PathBuf>,
+    /// What the node offers the scheduler instead of the whole machine (a reservation for the
+    /// host, or several agents sharing one machine); `None` reports the machine's own.
+    pub capacity: CapacityOverride,
+}
+
+/// `--capacity-cpu-millis` / `--capacity-memory-bytes`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CapacityOverride {
+    pub cpu_millis: Option<u64>,
+    pub memory_bytes: Option<u64>,
+}
+
+impl CapacityOverride {
+    /// The capacity to report: the override where given, checked against the machine's own
+    /// (a node cannot offer more than it has); errors name the flag.
+    pub fn apply(&self, machine: &Capacity) -> Result<Capacity> {
+        let pick = |flag: &str, want: Option<u64>, have: u64| -> Result<u64> {
+            match want {
+                None => Ok(have),
+                Some(0) => bail!("{flag}: must be greater than 0"),
+                Some(w) if w > have => {
+                    bail!("{flag} {w}: more than this machine has ({have})")
+                }
+                Some(w) => Ok(w),
+            }
+        };
+        Ok(Capacity {
+            cpu_millis: pick("--capacity-cpu-millis", self.cpu_millis, machine.cpu_millis)?,
+            memory_bytes: pick(
+                "--capacity-memory-bytes",
+                self.memory_bytes,
+                machine.memory_bytes,
+            )?,
+        })
+    }
 }
 
 impl ClusterArgs {
@@ -118,6 +153,12 @@ pub fn node_facts(rt: &Runtime) -> (Capacity, BTreeMap<String, String>) {
 /// Load the node identity, or join with the flags. Runs before the agent serves, so a
 /// refused join ends the process with the controller's reason.
 pub async fn prepare(args: &ClusterArgs, rt: &Runtime) -> Result<NodeIdentity> {
+    if args.capacity.cpu_millis.is_some() || args.capacity.memory_bytes.is_some() {
+        // A bad override ends the agent here, naming the flag, not in every heartbeat.
+        let rt2 = rt.clone();
+        let (machine, _) = tokio::task::spawn_blocking(move || node_facts(&rt2)).await?;
+        args.capacity.apply(&machine)?;
+    }
     if let Some(id) = NodeIdentity::load(&args.root)? {
         if let Some(want) = &args.node_id {
             if *want != id.file.node_id {
@@ -147,7 +188,8 @@ pub async fn prepare(args: &ClusterArgs, rt: &Runtime) -> Result<NodeIdentity> {
     let node_id = args.node_id.clone().context("--join needs --node-id")?;
     let advertise = args.advertise.context("--join needs --advertise IP:PORT")?;
     let rt2 = rt.clone();
-    let (capacity, features) = tokio::task::spawn_blocking(move || node_facts(&rt2)).await?;
+    let (machine, features) = tokio::task::spawn_blocking(move || node_facts(&rt2)).await?;
+    let capacity = args.capacity.apply(&machine)?;
     let id = NodeIdentity::join(
         &join,
         &node_id,
@@ -170,6 +212,7 @@ pub struct Member {
     pub registry_insecure: Vec<String>,
     pub node_netns: Option<PathBuf>,
     pub heartbeat_every: Duration,
+    pub capacity: CapacityOverride,
 }
 
 /// Start the member's tasks on the current tokio runtime.
@@ -186,6 +229,7 @@ pub fn start(id: NodeIdentity, args: &ClusterArgs, st: AppState) -> Result<()> {
         registry_insecure: args.registry_insecure.clone(),
         node_netns: args.node_netns.clone(),
         heartbeat_every: Duration::from_millis(id.file.heartbeat_interval_ms.clamp(100, 60_000)),
+        capacity: args.capacity,
     });
     let (tx, rx) = tokio::sync::watch::channel(None);
     tokio::spawn(heartbeat_loop(member.clone()));
@@ -216,7 +260,14 @@ async fn heartbeat_loop(m: Arc<Member>) {
     let rt = m.st.rt.clone();
     let facts = tokio::task::spawn_blocking(move || node_facts(&rt))
         .await
-        .ok();
+        .ok()
+        .and_then(|(machine, f)| match m.capacity.apply(&machine) {
+            Ok(c) => Some((c, f)),
+            Err(e) => {
+                tracing::error!(error = %e, "capacity not reported");
+                None
+            }
+        });
     let mut failures = 0u32;
     loop {
         seq += 1;
@@ -323,5 +374,49 @@ async fn watch_loop(
                 index = 0;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_overrides_replace_what_is_given_and_name_the_flag_when_wrong() {
+        let machine = Capacity {
+            cpu_millis: 2000,
+            memory_bytes: 8 << 30,
+        };
+        let none = CapacityOverride::default().apply(&machine).unwrap();
+        assert_eq!(
+            (none.cpu_millis, none.memory_bytes),
+            (machine.cpu_millis, machine.memory_bytes)
+        );
+        let c = CapacityOverride {
+            cpu_millis: Some(500),
+            memory_bytes: None,
+        }
+        .apply(&machine)
+        .unwrap();
+        assert_eq!((c.cpu_millis, c.memory_bytes), (500, 8 << 30));
+        let e = CapacityOverride {
+            cpu_millis: None,
+            memory_bytes: Some(16 << 30),
+        }
+        .apply(&machine)
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--capacity-memory-bytes") && e.contains("more than"),
+            "{e}"
+        );
+        let e = CapacityOverride {
+            cpu_millis: Some(0),
+            memory_bytes: None,
+        }
+        .apply(&machine)
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--capacity-cpu-millis"), "{e}");
     }
 }
