@@ -18,8 +18,8 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Extension;
 use flotilla_api::cluster::{
-    Command, CommandResult, NodeHeartbeat, NodeInfo, NodeLease, PutToken, RegisterNode,
-    ReportInstanceState, RevokeToken, TokenInfo, TokenRole, UpdateNode,
+    Command, CommandResult, NodeHeartbeat, NodeInfo, NodeLease, RegisterNode, ReportInstanceState,
+    TokenRole, UpdateNode,
 };
 use flotilla_api::rest::{
     InstanceStatusReport, NodeHeartbeatRequest, NodeHeartbeatResponse, NodeJoinRequest,
@@ -179,45 +179,21 @@ async fn join_node(
     {
         return Err(taken(&req.node_id));
     }
-    let ca = st.ca.clone().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no-ca-key",
-            "this controller holds no cluster ca key; join through another controller",
-        )
-    })?;
+    let ca = super::tokens::signing_ca(&st)?;
     let certificate = ca
         .sign_node_csr(&req.csr, &req.node_id, &[ip.to_string()])
         .map_err(|e| {
             ApiError::invalid("csr", format!("cannot sign the csr: {}", error_chain(&e)))
         })?;
 
-    // Consume the token: exactly one join wins the compare-and-set.
-    let consume = Command::PutToken(PutToken {
-        token: TokenInfo {
-            expires_at_ms: Some(now),
-            description: format!("used by node {} ({})", req.node_id, req.address),
-            ..record.token.clone()
-        },
-        expect_revision: Some(record.revision),
-        at_ms: now,
-    });
-    match st.node.propose(consume).await?.result {
-        CommandResult::Applied { .. } => {}
-        CommandResult::Conflict { .. } => return Err(refused(AuthError::Revoked)),
-        other => {
-            return Err(ApiError::conflict(format!(
-                "join token not consumed: {other:?}"
-            )))
-        }
-    }
-    let revoke = Command::RevokeToken(RevokeToken {
-        id: record.token.id.clone(),
-        at_ms: now,
-    });
-    if let Err(e) = st.node.propose(revoke).await {
-        tracing::warn!(token_id = %record.token.id, error = %e, "used join token not marked revoked (it is expired)");
-    }
+    super::tokens::consume_join_token(
+        &st,
+        &record,
+        format!("used by node {} ({})", req.node_id, req.address),
+        now,
+    )
+    .await?
+    .map_err(refused)?;
 
     let register = Command::RegisterNode(RegisterNode {
         node: NodeInfo {

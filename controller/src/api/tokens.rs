@@ -298,23 +298,54 @@ async fn join(
                 .with_field("id"),
         );
     }
-    let ca = st.ca.clone().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no-ca-key",
-            "this controller holds no cluster ca key; join through another controller",
-        )
-    })?;
+    let ca = signing_ca(&st)?;
     let sans = tls::sans_for([req.addr.raft_addr.as_str(), req.addr.api_addr.as_str()]);
     let certificate = ca.sign_csr(&req.csr, req.id, &sans).map_err(|e| {
         ApiError::invalid("csr", format!("cannot sign the csr: {}", error_chain(&e)))
     })?;
 
-    // Consume the token: exactly one join wins the compare-and-set.
+    consume_join_token(
+        &st,
+        &record,
+        format!("used by controller {} ({})", req.id, req.addr),
+        now,
+    )
+    .await?
+    .map_err(refused)?;
+    tracing::info!(member = req.id, addr = %req.addr, token_id = %record.token.id, "controller certificate issued");
+    let members = cluster::member_statuses(&st);
+    Ok(Json(JoinResponse {
+        certificate,
+        ca_certificate: ca.cert_pem().to_owned(),
+        ca_key: ca.key_pem().to_owned(),
+        leader: members.leader,
+        members: members.members,
+    }))
+}
+
+/// The cluster CA with its key, to sign a joining member's CSR.
+pub(super) fn signing_ca(st: &ApiState) -> Result<std::sync::Arc<tls::ClusterCa>, ApiError> {
+    st.ca.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-ca-key",
+            "this controller holds no cluster ca key; join through another controller",
+        )
+    })
+}
+
+/// Use up a join token: expire it by a compare-and-set on its revision, so of two joins with
+/// one token exactly one wins (the other gets `Revoked`), then mark it revoked.
+pub(super) async fn consume_join_token(
+    st: &ApiState,
+    record: &TokenRecord,
+    description: String,
+    now: u64,
+) -> Result<Result<(), AuthError>, ApiError> {
     let consume = Command::PutToken(PutToken {
         token: TokenInfo {
             expires_at_ms: Some(now),
-            description: format!("used by controller {} ({})", req.id, req.addr),
+            description,
             ..record.token.clone()
         },
         expect_revision: Some(record.revision),
@@ -322,9 +353,7 @@ async fn join(
     });
     match st.node.propose(consume).await?.result {
         CommandResult::Applied { .. } => {}
-        CommandResult::Conflict { .. } => {
-            return Err(refused(AuthError::Revoked).with_field("token"));
-        }
+        CommandResult::Conflict { .. } => return Ok(Err(AuthError::Revoked)),
         other => {
             return Err(ApiError::conflict(format!(
                 "join token not consumed: {other:?}"
@@ -338,13 +367,5 @@ async fn join(
     if let Err(e) = st.node.propose(revoke).await {
         tracing::warn!(token_id = %record.token.id, error = %e, "used join token not marked revoked (it is expired)");
     }
-    tracing::info!(member = req.id, addr = %req.addr, token_id = %record.token.id, "controller certificate issued");
-    let members = cluster::member_statuses(&st);
-    Ok(Json(JoinResponse {
-        certificate,
-        ca_certificate: ca.cert_pem().to_owned(),
-        ca_key: ca.key_pem().to_owned(),
-        leader: members.leader,
-        members: members.members,
-    }))
+    Ok(Ok(()))
 }
