@@ -25,8 +25,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// The command schema version this build writes.
-pub const COMMAND_VERSION: u16 = 1;
+/// The command schema version this build writes (2 added `Command::Batch`).
+pub const COMMAND_VERSION: u16 = 2;
 
 /// How many events the cluster keeps (oldest dropped first).
 pub const EVENTS_CAPACITY: usize = 1000;
@@ -80,6 +80,12 @@ pub enum Command {
     DeleteInstances(DeleteInstances),
     SetWorkloadStatus(SetWorkloadStatus),
     SetNodeDraining(SetNodeDraining),
+    /// Several commands in one log entry, applied in order at that entry's index. The leader
+    /// groups concurrent writes this way so that they share one log append and one
+    /// replication round. The commands touch pairwise disjoint objects (`touched`), so no two
+    /// of them give the same object the same revision; a batch that breaks this, or contains
+    /// a batch, is rejected as a whole.
+    Batch(CommandBatch),
 }
 
 impl Command {
@@ -107,6 +113,7 @@ impl Command {
             Command::DeleteInstances(c) => c.at_ms,
             Command::SetWorkloadStatus(c) => c.at_ms,
             Command::SetNodeDraining(c) => c.at_ms,
+            Command::Batch(b) => b.commands.iter().map(Command::at_ms).max().unwrap_or(0),
         }
     }
 
@@ -159,8 +166,18 @@ impl Command {
                 .map(|s| ObjectKey::Workload(s.workload.clone()))
                 .collect(),
             Command::SetNodeDraining(c) => vec![ObjectKey::Node(c.id.clone())],
+            Command::Batch(b) => b.commands.iter().flat_map(Command::touched).collect(),
         }
     }
+}
+
+/// The commands of one `Command::Batch`, in apply order.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandBatch {
+    #[cfg_attr(feature = "openapi", schema(no_recursion))]
+    pub commands: Vec<Command>,
 }
 
 /// Names one object of the cluster state.

@@ -2,11 +2,13 @@
 //!
 //! * `state`: the pure, deterministic state machine (`ClusterState::apply`).
 //! * `store`: redb storage for openraft (log, vote, state machine, snapshots).
+//! * `batch`: the leader's group commit (concurrent writes share one log entry).
 //! * `raft`: the openraft type configuration; openraft types stay behind this crate's modules.
 //! * `orchestrator`: the leader's reconcile loop (placements, rollouts, drains, status).
 
 pub mod api;
 pub mod auth;
+pub mod batch;
 pub mod linearizability;
 pub mod network;
 pub mod node;

@@ -25,6 +25,7 @@ use openraft::network::RaftNetworkFactory;
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 
+use crate::batch::{BatchConfig, Batcher, Submitted};
 use crate::raft::types::{NodeId, Raft, RaftMetrics, TypeConfig};
 use crate::state::ClusterState;
 use crate::store::{self, SmData, StoreError};
@@ -65,6 +66,8 @@ pub struct ControllerConfig {
     pub timings: RaftTimings,
     /// How long a write or read may wait for a leader and its answer.
     pub request_timeout: Duration,
+    /// How the leader groups concurrent writes into one entry (`batch`).
+    pub batching: BatchConfig,
 }
 
 impl ControllerConfig {
@@ -76,6 +79,7 @@ impl ControllerConfig {
             bootstrap: true,
             timings: RaftTimings::default(),
             request_timeout: Duration::from_secs(5),
+            batching: BatchConfig::default(),
         }
     }
 
@@ -199,6 +203,8 @@ pub struct ControllerNode {
     addr: ControllerAddr,
     data_dir: std::path::PathBuf,
     raft: Raft,
+    /// The leader's write queue: concurrent writes share log entries.
+    batcher: Batcher,
     sm: Arc<RwLock<SmData>>,
     peers: Arc<dyn PeerTransport>,
     request_timeout: Duration,
@@ -227,6 +233,7 @@ impl ControllerNode {
             id: config.id,
             addr: config.addr.clone(),
             data_dir: config.data_dir.clone(),
+            batcher: Batcher::start(raft.clone(), config.batching),
             raft,
             sm: sm_data,
             peers,
@@ -421,18 +428,11 @@ impl ControllerNode {
         &self,
         command: VersionedCommand,
     ) -> Result<Attempt<WriteResponse>, ControllerError> {
-        match self.raft.client_write(command).await {
-            Ok(resp) => Ok(Attempt::Done(WriteResponse {
-                index: resp.log_id.index,
-                result: resp.data,
-            })),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Ok(Attempt::Redirect(f.leader_id))
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(ControllerError::Membership(e.to_string()))
-            }
-            Err(RaftError::Fatal(e)) => Err(e.into()),
+        match self.batcher.write(command).await {
+            Submitted::Done { index, result } => Ok(Attempt::Done(WriteResponse { index, result })),
+            Submitted::NotLeader(leader) => Ok(Attempt::Redirect(leader)),
+            Submitted::Membership(e) => Err(ControllerError::Membership(e)),
+            Submitted::Fatal(e) => Err(ControllerError::Fatal(e)),
         }
     }
 

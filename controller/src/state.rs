@@ -46,6 +46,25 @@ fn check_revision(expect: Option<u64>, current: Option<u64>) -> Result<(), Comma
     }
 }
 
+/// Why a batch cannot be applied: it nests a batch, or two of its commands touch the same
+/// object (they would give it the same revision, and a client holding that revision could
+/// overwrite a change it never saw).
+pub fn batch_refusal(commands: &[Command]) -> Option<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for c in commands {
+        if matches!(c, Command::Batch(_)) {
+            return Some("a batch cannot contain a batch".into());
+        }
+        let own: std::collections::BTreeSet<_> = c.touched().into_iter().collect();
+        for key in own {
+            if !seen.insert(key.clone()) {
+                return Some(format!("two commands of the batch touch {key}"));
+            }
+        }
+    }
+    None
+}
+
 fn rejected(reason: impl Into<String>) -> CommandResult {
     CommandResult::Rejected {
         reason: reason.into(),
@@ -54,16 +73,53 @@ fn rejected(reason: impl Into<String>) -> CommandResult {
 
 type Outcome = Result<CommandResult, CommandResult>;
 
+/// What applying one log entry gave: the command's result, or one result per command of a
+/// `Command::Batch`, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryOutcome {
+    One(CommandResult),
+    Batch(Vec<CommandResult>),
+}
+
 impl ClusterState {
-    /// Apply one versioned log entry.
+    /// Apply one versioned log entry that holds a single command (a batch is refused here:
+    /// see `apply_entry`).
     pub fn apply_versioned(&mut self, index: u64, cmd: &VersionedCommand) -> CommandResult {
+        if matches!(cmd.command, Command::Batch(_)) {
+            return rejected("a batch has one result per command");
+        }
+        match self.apply_entry(index, cmd) {
+            EntryOutcome::One(r) => r,
+            EntryOutcome::Batch(_) => rejected("a batch has one result per command"),
+        }
+    }
+
+    /// Apply one versioned log entry: a command, or a batch of them at the same index.
+    pub fn apply_entry(&mut self, index: u64, cmd: &VersionedCommand) -> EntryOutcome {
         if cmd.v > COMMAND_VERSION {
-            return rejected(format!(
+            let refusal = rejected(format!(
                 "command version {} is newer than this controller's {COMMAND_VERSION}",
                 cmd.v
             ));
+            return match &cmd.command {
+                Command::Batch(b) => EntryOutcome::Batch(vec![refusal; b.commands.len()]),
+                _ => EntryOutcome::One(refusal),
+            };
         }
-        self.apply(index, &cmd.command)
+        let Command::Batch(batch) = &cmd.command else {
+            return EntryOutcome::One(self.apply(index, &cmd.command));
+        };
+        // Refused whole, before anything changes, so every replica refuses it alike.
+        if let Some(reason) = batch_refusal(&batch.commands) {
+            return EntryOutcome::Batch(vec![rejected(reason); batch.commands.len()]);
+        }
+        EntryOutcome::Batch(
+            batch
+                .commands
+                .iter()
+                .map(|c| self.apply(index, c))
+                .collect(),
+        )
     }
 
     /// Apply one command committed at log `index`.
@@ -90,6 +146,7 @@ impl ClusterState {
             Command::DeleteInstances(c) => self.delete_instances(index, c),
             Command::SetWorkloadStatus(c) => self.set_workload_status(index, c),
             Command::SetNodeDraining(c) => self.set_node_draining(index, c),
+            Command::Batch(_) => Err(rejected("a batch is a log entry of its own, not a command")),
         };
         match outcome {
             Ok(r) | Err(r) => r,
@@ -1122,10 +1179,69 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_batch_applies_each_command_at_its_index_or_is_refused_whole() {
+        let mut s = ClusterState::default();
+        let batch = |cmds: Vec<Command>| {
+            VersionedCommand::new(Command::Batch(CommandBatch { commands: cmds }))
+        };
+        let out = s.apply_entry(
+            7,
+            &batch(vec![
+                put_workload("a", "x", Some(0)),
+                put_workload("b", "y", Some(3)),
+                put_workload("c", "z", None),
+            ]),
+        );
+        assert_eq!(
+            out,
+            EntryOutcome::Batch(vec![
+                CommandResult::Applied { revision: 7 },
+                CommandResult::Conflict { current: 0 },
+                CommandResult::Applied { revision: 7 },
+            ])
+        );
+        assert_eq!(s.workloads["a"].revision, 7);
+        assert!(!s.workloads.contains_key("b"));
+        let before = s.clone();
+        // Two commands on one object would give it one revision for two changes.
+        let out = s.apply_entry(
+            8,
+            &batch(vec![
+                put_workload("d", "x", None),
+                put_workload("a", "y", Some(7)),
+                put_workload("a", "z", Some(7)),
+            ]),
+        );
+        let EntryOutcome::Batch(results) = out else {
+            panic!("one result per command")
+        };
+        assert_eq!(results.len(), 3);
+        for r in &results {
+            assert!(
+                matches!(r, CommandResult::Rejected { reason } if reason.contains("workload/a")),
+                "{r:?}"
+            );
+        }
+        let nested = s.apply_entry(
+            8,
+            &batch(vec![Command::Batch(CommandBatch { commands: vec![] })]),
+        );
+        assert!(
+            matches!(&nested, EntryOutcome::Batch(r) if matches!(&r[0], CommandResult::Rejected { .. }))
+        );
+        // A batch applied as a command (not as an entry) is refused too.
+        assert!(matches!(
+            s.apply_versioned(8, &batch(vec![put_workload("e", "x", None)])),
+            CommandResult::Rejected { .. }
+        ));
+        assert_eq!(s, before);
+    }
+
+    #[test]
     fn command_wire_format_is_tagged_and_versioned() {
         let cmd = VersionedCommand::new(put_workload("w", "a", Some(0)));
         let json = serde_json::to_value(&cmd).unwrap();
-        assert_eq!(json["v"], 1);
+        assert_eq!(json["v"], COMMAND_VERSION);
         assert_eq!(json["command"]["type"], "put_workload");
         assert_eq!(json["command"]["expectRevision"], 0);
         let back: VersionedCommand = serde_json::from_value(json).unwrap();
@@ -1554,6 +1670,39 @@ pub(crate) mod tests {
             let snapshot = serde_json::to_vec(&a).unwrap();
             let restored: ClusterState = serde_json::from_slice(&snapshot).unwrap();
             prop_assert_eq!(&restored, &a);
+        }
+
+        /// A batch entry of commands on disjoint objects leaves the same state and results as
+        /// the same commands applied one by one at that index; one on overlapping objects is
+        /// refused whole and changes nothing. Replicas agree either way.
+        #[test]
+        fn batches_equal_their_commands_applied_at_one_index(
+            prefix in prop::collection::vec(arb_command(), 0..40),
+            cmds in prop::collection::vec(arb_command(), 1..12),
+        ) {
+            let mut s = ClusterState::default();
+            for (i, c) in prefix.iter().enumerate() {
+                s.apply(i as u64 + 1, c);
+            }
+            let index = prefix.len() as u64 + 1;
+            let mut batched = s.clone();
+            let entry = VersionedCommand::new(Command::Batch(CommandBatch { commands: cmds.clone() }));
+            let wire: VersionedCommand = serde_json::from_slice(&serde_json::to_vec(&entry).unwrap()).unwrap();
+            let out = batched.apply_entry(index, &wire);
+            let mut replica = s.clone();
+            prop_assert_eq!(&replica.apply_entry(index, &entry), &out);
+            prop_assert_eq!(&replica, &batched);
+            let EntryOutcome::Batch(results) = out else { panic!("a batch has a result per command") };
+            prop_assert_eq!(results.len(), cmds.len());
+            if batch_refusal(&cmds).is_some() {
+                let all_rejected = results.iter().all(|r| matches!(r, CommandResult::Rejected { .. }));
+                prop_assert!(all_rejected, "{:?}", results);
+                prop_assert_eq!(&batched, &s);
+            } else {
+                let one_by_one: Vec<_> = cmds.iter().map(|c| s.apply(index, c)).collect();
+                prop_assert_eq!(results, one_by_one);
+                prop_assert_eq!(&batched, &s);
+            }
         }
 
         /// Every instance a batch creates carries its workload's spec and generation as they

@@ -1,11 +1,14 @@
 //! The Raft type configuration and the aliases the rest of the crate uses.
 //!
-//! The log payload (`VersionedCommand`) and the apply result (`CommandResult`) are the `api`
-//! crate's types: they are persisted and cross the API, so they follow its compatibility rule.
+//! The log payload (`VersionedCommand`) is the `api` crate's type: it is persisted, so it
+//! follows that crate's compatibility rule. The apply result (`EntryOutcome`: one
+//! `CommandResult`, or one per command of a batch) only travels inside the process.
 
 use std::io::Cursor;
 
-use flotilla_api::cluster::{CommandResult, ControllerAddr, VersionedCommand};
+use flotilla_api::cluster::{ControllerAddr, VersionedCommand};
+
+use crate::state::EntryOutcome;
 
 pub type NodeId = u64;
 
@@ -13,7 +16,7 @@ openraft::declare_raft_types!(
     /// Flotilla's openraft type configuration.
     pub TypeConfig:
         D = VersionedCommand,
-        R = CommandResult,
+        R = EntryOutcome,
         NodeId = NodeId,
         Node = ControllerAddr,
         Entry = openraft::Entry<TypeConfig>,

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{blocking, StoreError, EVENTS, OBJECTS, SM_META, SNAPSHOT};
 use crate::raft::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
-use crate::state::ClusterState;
+use crate::state::{ClusterState, EntryOutcome};
 
 const LAST_APPLIED: &str = "last_applied";
 const MEMBERSHIP: &str = "membership";
@@ -136,18 +136,20 @@ impl StateMachineStore {
     }
 
     /// Apply entries to the in-memory state and return their results.
-    fn apply_in_memory(&self, entries: impl Iterator<Item = Entry>) -> Vec<CommandResult> {
+    fn apply_in_memory(&self, entries: impl Iterator<Item = Entry>) -> Vec<EntryOutcome> {
         let mut data = self.write_data();
         let mut results = Vec::new();
         for entry in entries {
             let index = entry.log_id.index;
             data.last_applied = Some(entry.log_id);
             let result = match entry.payload {
-                EntryPayload::Blank => CommandResult::Applied { revision: index },
-                EntryPayload::Normal(cmd) => data.state.apply_versioned(index, &cmd),
+                EntryPayload::Blank => {
+                    EntryOutcome::One(CommandResult::Applied { revision: index })
+                }
+                EntryPayload::Normal(cmd) => data.state.apply_entry(index, &cmd),
                 EntryPayload::Membership(m) => {
                     data.last_membership = StoredMembership::new(Some(entry.log_id), m);
-                    CommandResult::Applied { revision: index }
+                    EntryOutcome::One(CommandResult::Applied { revision: index })
                 }
             };
             results.push(result);
@@ -240,7 +242,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((data.last_applied, data.last_membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<EntryOutcome>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,

@@ -60,7 +60,10 @@ mod restart {
         let (before, snap_index) = {
             let (_log, mut sm) = open(dir.path()).unwrap();
             let results = sm.apply(entries(1..=20)).await.unwrap();
-            assert_eq!(results[19], CommandResult::Applied { revision: 20 });
+            assert_eq!(
+                results[19],
+                crate::state::EntryOutcome::One(CommandResult::Applied { revision: 20 })
+            );
             let snap = sm
                 .get_snapshot_builder()
                 .await
