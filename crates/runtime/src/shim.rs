@@ -69,6 +69,10 @@ pub struct RestoreRequest {
     /// (key, host path) of external mounts the runtime prepared.
     #[serde(default)]
     pub externals: Vec<(String, PathBuf)>,
+    /// Run CRIU inside the network namespace instead of handing it over
+    /// (the checkpoint's `criu_in_netns`).
+    #[serde(default)]
+    pub criu_in_netns: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -345,19 +349,28 @@ fn restore(req: &RestoreRequest) -> Result<(i32, u64, Pipes), String> {
         images: &req.images,
         work: &work,
         rootfs: &req.rootfs,
-        netns: netns.is_some(),
+        netns: netns.is_some() && !req.criu_in_netns,
+        criu_in_netns: req.criu_in_netns,
         stdio_keys: &keys,
         pidfile: &pidfile,
         tcp_established: req.tcp_established,
         externals: &req.externals,
     });
+    let ns_fd = netns.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
     let fds: [RawFd; 3] = [
-        netns.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1),
+        if req.criu_in_netns { -1 } else { ns_fd },
         out_w.as_raw_fd(),
         err_w.as_raw_fd(),
     ];
     let mut cmd = std::process::Command::new(&req.criu);
     cmd.args(&args).stdin(std::process::Stdio::null());
+    if req.criu_in_netns {
+        if ns_fd < 0 {
+            return Err("the checkpoint needs the container's network namespace".into());
+        }
+        // Restored tasks inherit CRIU's namespace (the dump left it out).
+        crate::criu::enter_netns_before_exec(&mut cmd, ns_fd);
+    }
     // SAFETY: only fcntl/dup2 (async-signal-safe) between fork and exec.
     unsafe {
         use std::os::unix::process::CommandExt;
