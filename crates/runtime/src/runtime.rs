@@ -1468,6 +1468,14 @@ impl Runtime {
         });
         if let Err(e) = recorded {
             let _ = sys::remove_tree_one_fs(images);
+            // No usable checkpoint: a killed container is simply stopped, a
+            // stopped one carries on as if no checkpoint had been asked for.
+            if let Some(ns) = &r.netns_path {
+                criu_mod::remove_network_lock(ns);
+            }
+            if matches!(opts.after, AfterCheckpoint::Stop) {
+                let _ = r.cgroup.kill_all_except(libc::SIGCONT, &[r.shim_pid]);
+            }
             return Err(RuntimeError::Checkpoint {
                 id: id.into(),
                 msg: format!("recording the checkpoint's /dev mounts and metadata: {e}"),
@@ -1733,14 +1741,6 @@ impl Runtime {
             shim_pid,
             shim_start,
         } = resp;
-        // CRIU resumed the tasks as it exited: lift our lock at once.
-        if meta.criu_in_netns {
-            if let Some(ns) = &r.netns_path {
-                if let Err(e) = crate::netlock::unlock(ns) {
-                    tracing::warn!(container = %id, error = %e, "lifting the network lock");
-                }
-            }
-        }
         // A pool zygote brought its own cgroup: the old one is empty now.
         if cgroup != r.cgroup {
             let _ = r.cgroup.remove();

@@ -390,9 +390,14 @@ fn restore(req: &RestoreRequest) -> Result<(i32, u64, Pipes), String> {
             Ok(())
         });
     }
-    let status = cmd
-        .status()
+    let mut child = cmd
+        .spawn()
         .map_err(|e| format!("running {}: {e}", req.criu.display()))?;
+    let status = match (&req.netns_path, req.criu_in_netns) {
+        (Some(ns), true) => wait_unlocking(&mut child, &pidfile, ns),
+        _ => child.wait(),
+    }
+    .map_err(|e| format!("waiting for {}: {e}", req.criu.display()))?;
     drop(netns);
     if !status.success() {
         let log = work.join("restore.log");
@@ -427,6 +432,41 @@ fn restore(req: &RestoreRequest) -> Result<(i32, u64, Pipes), String> {
             stderr: err_r,
         },
     ))
+}
+
+/// Wait for `criu restore` and lift the runtime's network lock where CRIU
+/// would lift its own: CRIU writes the pid file, unlocks the network, then
+/// resumes the tasks (criu/cr-restore.c, `restore_root_task`), so the pid
+/// file's appearance is the moment. The unlock (~10 ms of kernel time) then
+/// overlaps CRIU's last steps instead of following its exit. After a
+/// successful restore the lock is always gone; after a failed one the
+/// runtime removes it (as it removes CRIU's own).
+fn wait_unlocking(
+    child: &mut std::process::Child,
+    pidfile: &Path,
+    netns: &Path,
+) -> std::io::Result<std::process::ExitStatus> {
+    let unlock = || {
+        if let Err(e) = crate::netlock::unlock(netns) {
+            eprintln!(
+                "flotilla-shim: lifting the network lock of {}: {e}",
+                netns.display()
+            );
+        }
+    };
+    loop {
+        if let Some(st) = child.try_wait()? {
+            if st.success() {
+                unlock();
+            }
+            return Ok(st);
+        }
+        if pidfile.exists() {
+            unlock();
+            return child.wait();
+        }
+        std::thread::sleep(std::time::Duration::from_micros(500));
+    }
 }
 
 fn reply(w: &mut std::os::unix::net::UnixStream, r: &CreateResponse) -> std::io::Result<()> {
