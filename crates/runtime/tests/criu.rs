@@ -557,8 +557,12 @@ fn live_criu_restore_recreates_masked_dirs_and_cgroup_tmpfs_without_archiving_th
     let st = f.rt.run(f.opts(&id, spec)).unwrap();
     let masked = st.record.config.masked_paths.clone();
     let shm = format!("/proc/{}/root/dev/shm/data", st.record.init_pid);
+    let link = format!("/proc/{}/root/dev/shm/link", st.record.init_pid);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(&shm).ok().as_deref() != Some("kept\n") {
+    // The link is made after the data: both are there once it is.
+    while std::fs::symlink_metadata(&link).is_err()
+        || std::fs::read_to_string(&shm).ok().as_deref() != Some("kept\n")
+    {
         assert!(
             Instant::now() < deadline,
             "the container did not write {shm}"
