@@ -629,6 +629,36 @@ fn live_criu_restore_recreates_masked_dirs_and_cgroup_tmpfs_without_archiving_th
         let p = format!("/proc/{}/root{mp}", st.record.init_pid);
         assert_eq!(std::fs::read_dir(&p).unwrap().count(), 0, "{p} not empty");
     }
+    // A second cycle: the restored /dev and /dev/shm are now the runtime's
+    // own mounts under criu-ext/, which the next restore replaces.
+    std::fs::write(&shm, "again\n").unwrap();
+    let images2 = f.root.path().join("ckpt-shape-2");
+    f.rt.checkpoint(
+        &id,
+        &CheckpointOptions {
+            images_dir: images2.clone(),
+            tcp_established: false,
+            after: AfterCheckpoint::Kill,
+        },
+    )
+    .unwrap();
+    let st =
+        f.rt.restore(
+            &id,
+            &RestoreOptions {
+                images_dir: images2,
+                tcp_established: false,
+            },
+        )
+        .unwrap();
+    let shm = format!("/proc/{}/root/dev/shm/data", st.record.init_pid);
+    assert_eq!(std::fs::read_to_string(&shm).unwrap(), "again\n");
+    assert_eq!(before, mount_shape(st.record.init_pid, &masked));
+    let (mounts, _) = dev_shape(st.record.init_pid);
+    assert_eq!(
+        dev_before.0, mounts,
+        "/dev mounts changed in the second cycle"
+    );
     f.rt.delete(&id, true).unwrap();
     f.assert_clean();
 }
