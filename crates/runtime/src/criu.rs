@@ -4,6 +4,7 @@
 //! runtime's job (`--manage-cgroups=ignore`), and the container's stdio pipes
 //! to its shim are handed over with `--inherit-fd`.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -120,6 +121,17 @@ pub struct CheckpointMeta {
     /// directories (the hierarchies' mountpoints).
     #[serde(default)]
     pub cgroupfs_external: Option<Vec<String>>,
+    /// CRIU ran inside the container's network namespace, so the namespace
+    /// is not in the images (CRIU dumps and restores a namespace only when
+    /// the task's differs from its own), and the runtime held the network
+    /// lock ([`crate::netlock`], `--network-lock skip`). The restore runs
+    /// CRIU inside the namespace at the container's netns path too.
+    #[serde(default)]
+    pub criu_in_netns: bool,
+    /// `/dev` and `/dev/shm`, dumped as external mounts and recorded by the
+    /// runtime ([`crate::ext_tmpfs`]).
+    #[serde(default)]
+    pub ext_tmpfs: Vec<crate::ext_tmpfs::ExtTmpfs>,
 }
 
 /// External-mount keys for tmpfs that hold nothing worth archiving: the
@@ -163,6 +175,9 @@ pub struct DumpArgs<'a> {
     pub externals: &'a [(String, String)],
 }
 
+/// Dump the tasks. With a network namespace, CRIU runs inside it (it then
+/// neither dumps the namespace nor walks the global conntrack table for it,
+/// ~30 ms) and does not lock it: the caller holds [`crate::netlock`]'s lock.
 pub fn dump(a: &DumpArgs) -> Result<(), CriuError> {
     let mut cmd = Command::new(a.criu);
     cmd.arg("dump")
@@ -174,18 +189,22 @@ pub fn dump(a: &DumpArgs) -> Result<(), CriuError> {
         .arg("--root")
         .arg(a.rootfs)
         .arg("--manage-cgroups=ignore")
-        .args(["--network-lock", "nftables"])
         .arg("--file-locks");
-    if let Some(ns) = a.netns {
-        use std::os::unix::fs::MetadataExt;
-        let ino = std::fs::metadata(ns)
-            .map_err(|e| CriuError::Spawn {
-                what: format!("stat {}", ns.display()),
-                source: e,
-            })?
-            .ino();
-        cmd.arg("--external")
-            .arg(format!("net[{ino}]:extRootNetNS"));
+    let ns_file = match a.netns {
+        Some(ns) => Some(std::fs::File::open(ns).map_err(|e| CriuError::Spawn {
+            what: format!("opening {}", ns.display()),
+            source: e,
+        })?),
+        None => None,
+    };
+    match &ns_file {
+        Some(f) => {
+            cmd.args(["--network-lock", "skip"]);
+            enter_netns_before_exec(&mut cmd, f.as_raw_fd());
+        }
+        None => {
+            cmd.args(["--network-lock", "nftables"]);
+        }
     }
     for (mp, key) in a.externals {
         cmd.arg("--external").arg(format!("mnt[{mp}]:{key}"));
@@ -203,6 +222,7 @@ pub fn dump(a: &DumpArgs) -> Result<(), CriuError> {
         }
     }
     let out = cmd.output().map_err(|e| spawn_err(a.criu, e))?;
+    drop(ns_file);
     if out.status.success() {
         return Ok(());
     }
@@ -215,13 +235,32 @@ pub fn dump(a: &DumpArgs) -> Result<(), CriuError> {
     })
 }
 
+/// Make the command's child join the network namespace open at `fd` before
+/// it executes (the fd must stay open until the command is spawned).
+pub fn enter_netns_before_exec(cmd: &mut Command, fd: std::os::fd::RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setns is async-signal-safe; the child is single-threaded.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// What `criu restore` needs; fds 3 (netns), 4 and 5 (new stdout and stderr
 /// pipes) must be open in the child as named here.
 pub struct RestoreArgs<'a> {
     pub images: &'a Path,
     pub work: &'a Path,
     pub rootfs: &'a Path,
+    /// The external network namespace is handed over as fd 3.
     pub netns: bool,
+    /// The checkpoint has [`CheckpointMeta::criu_in_netns`]: CRIU runs
+    /// inside the namespace and the runtime holds the network lock.
+    pub criu_in_netns: bool,
     pub stdio_keys: &'a [(i32, String)],
     pub pidfile: &'a Path,
     pub tcp_established: bool,
@@ -236,6 +275,7 @@ pub fn restore_args(a: &RestoreArgs) -> Vec<String> {
         work,
         rootfs,
         netns,
+        criu_in_netns,
         stdio_keys,
         pidfile,
         tcp_established,
@@ -253,8 +293,10 @@ pub fn restore_args(a: &RestoreArgs) -> Vec<String> {
         "--root".into(),
         rootfs.display().to_string(),
         "--manage-cgroups=ignore".into(),
+        // CRIU restores with the dump's lock method (the inventory's); said
+        // here for readers of the command line.
         "--network-lock".into(),
-        "nftables".into(),
+        if criu_in_netns { "skip" } else { "nftables" }.into(),
         "--file-locks".into(),
         // The restored init becomes the caller's child, so the shim can wait for it.
         "--restore-sibling".into(),
@@ -329,11 +371,15 @@ pub fn tmpfs_externals(
     (out, cgroupfs)
 }
 
-/// Remove CRIU's network lock from a namespace: after a failed dump or
-/// restore (CRIU leaves it, criu issue 2828) and after a dump that leaves
-/// the container running. With `--network-lock nftables` the lock is one
-/// `inet CRIU-<id>` table.
+/// Remove the network lock from a namespace: after a failed dump or
+/// restore (CRIU leaves its own, criu issue 2828) and after a dump that
+/// leaves the container running. The runtime's lock is the
+/// [`crate::netlock::TABLE`] table; a checkpoint taken with CRIU's
+/// `--network-lock nftables` left one `inet CRIU-<id>` table.
 pub fn remove_network_lock(netns: &Path) {
+    if let Err(e) = crate::netlock::unlock(netns) {
+        tracing::warn!(netns = %netns.display(), error = %e, "removing the network lock");
+    }
     let ns_arg = format!("--net={}", netns.display());
     let Ok(out) = Command::new("nsenter")
         .args([ns_arg.as_str(), "nft", "list", "tables"])
@@ -364,6 +410,7 @@ mod tests {
             work: Path::new("/w"),
             rootfs: Path::new("/r"),
             netns: true,
+            criu_in_netns: false,
             stdio_keys: &[(4, "pipe:[1]".into()), (5, "pipe:[2]".into())],
             pidfile: Path::new("/w/pid"),
             tcp_established: true,
@@ -371,6 +418,22 @@ mod tests {
         });
         let s = a.join(" ");
         assert!(s.contains("--inherit-fd fd[3]:extRootNetNS"), "{s}");
+        assert!(s.contains("--network-lock nftables"), "{s}");
+        // A checkpoint taken inside the netns: no fd handed over, our lock.
+        let a = restore_args(&RestoreArgs {
+            images: Path::new("/img"),
+            work: Path::new("/w"),
+            rootfs: Path::new("/r"),
+            netns: false,
+            criu_in_netns: true,
+            stdio_keys: &[],
+            pidfile: Path::new("/w/pid"),
+            tcp_established: false,
+            externals: &[],
+        });
+        let s2 = a.join(" ");
+        assert!(!s2.contains("extRootNetNS"), "{s2}");
+        assert!(s2.contains("--network-lock skip"), "{s2}");
         assert!(
             s.contains("--inherit-fd fd[4]:pipe:[1] --inherit-fd fd[5]:pipe:[2]"),
             "{s}"

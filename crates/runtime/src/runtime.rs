@@ -29,6 +29,7 @@ use crate::cgroups::{Cgroup, CgroupLayout, CgroupMode, Usage};
 use crate::config::{self, ContainerConfig, NsKind};
 use crate::criu::{self as criu_mod, CheckpointMeta, CriuError, CriuInfo};
 use crate::exec::ExecRequest;
+use crate::ext_tmpfs;
 use crate::init::CgroupFs;
 use crate::logs::LogConfig;
 use crate::shim::{
@@ -1404,12 +1405,23 @@ impl Runtime {
             .filter(|m| matches!(m.fstype.as_deref(), Some("cgroup") | Some("cgroup2")))
             .map(|m| m.destination.clone())
             .collect();
-        let (externals, cgroupfs_dirs) = criu_mod::tmpfs_externals(
-            &std::fs::read_to_string(format!("/proc/{}/mountinfo", r.init_pid)).unwrap_or_default(),
-            &r.config.masked_paths,
-            &cgroup_dests,
+        let mountinfo =
+            std::fs::read_to_string(format!("/proc/{}/mountinfo", r.init_pid)).unwrap_or_default();
+        let (mut externals, cgroupfs_dirs) =
+            criu_mod::tmpfs_externals(&mountinfo, &r.config.masked_paths, &cgroup_dests);
+        // /dev and /dev/shm are recorded by us once the dump has returned;
+        // a dump that leaves the tasks running leaves them to CRIU (they
+        // could write between the dump and the recording).
+        let held = if matches!(opts.after, AfterCheckpoint::Run) {
+            vec![]
+        } else {
+            ext_tmpfs::hold(&mountinfo, r.init_pid)
+        };
+        externals.extend(
+            held.iter()
+                .map(|h| (h.ext.mountpoint.clone(), h.ext.key.clone())),
         );
-        let meta = CheckpointMeta {
+        let mut meta = CheckpointMeta {
             id: id.into(),
             config: r.config.clone(),
             lower_dirs: r.lower_dirs.clone(),
@@ -1418,9 +1430,20 @@ impl Runtime {
             created_at_ms: shim::now_ms(),
             masked_external: externals.iter().any(|(_, k)| k == criu_mod::EXT_MASKED),
             cgroupfs_external: cgroupfs_dirs,
+            criu_in_netns: r.netns_path.is_some(),
+            ext_tmpfs: vec![],
         };
-        shim::write_json_atomic(&images.join(criu_mod::META_FILE), &meta)
-            .map_err(io_err("writing checkpoint metadata"))?;
+        if let Some(ns) = &r.netns_path {
+            // Our lock instead of CRIU's (see crate::netlock): the tasks run
+            // a few ms longer with their network locked.
+            if let Err(e) = crate::netlock::lock(ns) {
+                let _ = sys::remove_tree_one_fs(images);
+                return Err(RuntimeError::Checkpoint {
+                    id: id.into(),
+                    msg: format!("locking the network namespace {}: {e}", ns.display()),
+                });
+            }
+        }
         let res = criu_mod::dump(&criu_mod::DumpArgs {
             criu: &self.inner.cfg.criu,
             pid: r.init_pid,
@@ -1439,11 +1462,33 @@ impl Runtime {
             }
             return Err(e.into());
         }
+        let recorded = ext_tmpfs::record(held, images).and_then(|v| {
+            meta.ext_tmpfs = v;
+            shim::write_json_atomic(&images.join(criu_mod::META_FILE), &meta)
+        });
+        if let Err(e) = recorded {
+            let _ = sys::remove_tree_one_fs(images);
+            // No usable checkpoint: a killed container is simply stopped, a
+            // stopped one carries on as if no checkpoint had been asked for.
+            if let Some(ns) = &r.netns_path {
+                criu_mod::remove_network_lock(ns);
+            }
+            if matches!(opts.after, AfterCheckpoint::Stop) {
+                let _ = r.cgroup.kill_all_except(libc::SIGCONT, &[r.shim_pid]);
+            }
+            return Err(RuntimeError::Checkpoint {
+                id: id.into(),
+                msg: format!("recording the checkpoint's /dev mounts and metadata: {e}"),
+            });
+        }
         match opts.after {
             AfterCheckpoint::Run => {
-                // The dump locked the network; a running container needs it back.
+                // A running container needs its network back.
                 if let Some(ns) = &r.netns_path {
-                    criu_mod::remove_network_lock(ns);
+                    crate::netlock::unlock(ns).map_err(|e| RuntimeError::Checkpoint {
+                        id: id.into(),
+                        msg: format!("unlocking the network namespace {}: {e}", ns.display()),
+                    })?;
                 }
                 return Ok(());
             }
@@ -1603,9 +1648,25 @@ impl Runtime {
                 msg: "the checkpoint holds established TCP connections; restore it with tcp_established".into(),
             });
         }
+        if meta.criu_in_netns && r.netns_path.is_none() {
+            return Err(RuntimeError::Restore {
+                id: id.into(),
+                msg: "the checkpoint was taken in a network namespace; the container has none"
+                    .into(),
+            });
+        }
         if let Some(ns) = &r.netns_path {
             if !sys::is_mount_point(ns) {
                 self.make_netns(ns)?;
+                // A fresh namespace (another host, a reboot) is locked like
+                // the dump's until the restore returns: connections being
+                // restored must not meet RSTs from a port not yet listening.
+                if meta.criu_in_netns {
+                    crate::netlock::lock(ns).map_err(|e| RuntimeError::Restore {
+                        id: id.into(),
+                        msg: format!("locking the network namespace {}: {e}", ns.display()),
+                    })?;
+                }
             }
         }
         if !self.wait_shim_gone(r.shim_pid, r.shim_start, Duration::from_secs(5)) {
@@ -1615,9 +1676,11 @@ impl Runtime {
             });
         }
         let dir = self.dir(id);
-        let externals = prepare_restore_tmpfs(&dir, &meta).map_err(|e| RuntimeError::Restore {
-            id: id.into(),
-            msg: format!("preparing mounts for the restore: {e}"),
+        let externals = prepare_restore_tmpfs(&dir, &meta, &opts.images_dir).map_err(|e| {
+            RuntimeError::Restore {
+                id: id.into(),
+                msg: format!("preparing mounts for the restore: {e}"),
+            }
         })?;
         let old_exit = std::fs::read(dir.join(EXIT_FILE)).ok();
         let _ = std::fs::remove_file(dir.join(EXIT_FILE));
@@ -1659,6 +1722,7 @@ impl Runtime {
             descriptors: meta.descriptors.clone(),
             tcp_established: opts.tcp_established,
             externals,
+            criu_in_netns: meta.criu_in_netns,
         };
         let resp = match self.send_request(zyg, &ShimRequest::Restore(Box::new(req)), id) {
             Ok(r) => r,
@@ -1725,6 +1789,7 @@ use std::os::unix::fs::OpenOptionsExt;
 fn prepare_restore_tmpfs(
     dir: &Path,
     meta: &CheckpointMeta,
+    images: &Path,
 ) -> std::io::Result<Vec<(String, PathBuf)>> {
     let mut out = vec![];
     let base = dir.join("criu-ext");
@@ -1776,6 +1841,17 @@ fn prepare_restore_tmpfs(
             ro_remount(&p, flags)?;
         }
         out.push((criu_mod::EXT_CGROUPFS.to_string(), p));
+    }
+    for e in &meta.ext_tmpfs {
+        let Some((_, key, name)) = ext_tmpfs::MOUNTS.iter().find(|(_, k, _)| *k == e.key) else {
+            return Err(std::io::Error::other(format!(
+                "unknown external mount {:?}",
+                e.key
+            )));
+        };
+        let p = base.join(name);
+        ext_tmpfs::prepare(e, &p, images)?;
+        out.push((key.to_string(), p));
     }
     Ok(out)
 }

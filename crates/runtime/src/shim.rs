@@ -69,6 +69,10 @@ pub struct RestoreRequest {
     /// (key, host path) of external mounts the runtime prepared.
     #[serde(default)]
     pub externals: Vec<(String, PathBuf)>,
+    /// Run CRIU inside the network namespace instead of handing it over
+    /// (the checkpoint's `criu_in_netns`).
+    #[serde(default)]
+    pub criu_in_netns: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -345,19 +349,28 @@ fn restore(req: &RestoreRequest) -> Result<(i32, u64, Pipes), String> {
         images: &req.images,
         work: &work,
         rootfs: &req.rootfs,
-        netns: netns.is_some(),
+        netns: netns.is_some() && !req.criu_in_netns,
+        criu_in_netns: req.criu_in_netns,
         stdio_keys: &keys,
         pidfile: &pidfile,
         tcp_established: req.tcp_established,
         externals: &req.externals,
     });
+    let ns_fd = netns.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
     let fds: [RawFd; 3] = [
-        netns.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1),
+        if req.criu_in_netns { -1 } else { ns_fd },
         out_w.as_raw_fd(),
         err_w.as_raw_fd(),
     ];
     let mut cmd = std::process::Command::new(&req.criu);
     cmd.args(&args).stdin(std::process::Stdio::null());
+    if req.criu_in_netns {
+        if ns_fd < 0 {
+            return Err("the checkpoint needs the container's network namespace".into());
+        }
+        // Restored tasks inherit CRIU's namespace (the dump left it out).
+        crate::criu::enter_netns_before_exec(&mut cmd, ns_fd);
+    }
     // SAFETY: only fcntl/dup2 (async-signal-safe) between fork and exec.
     unsafe {
         use std::os::unix::process::CommandExt;
@@ -377,9 +390,14 @@ fn restore(req: &RestoreRequest) -> Result<(i32, u64, Pipes), String> {
             Ok(())
         });
     }
-    let status = cmd
-        .status()
+    let mut child = cmd
+        .spawn()
         .map_err(|e| format!("running {}: {e}", req.criu.display()))?;
+    let status = match (&req.netns_path, req.criu_in_netns) {
+        (Some(ns), true) => wait_unlocking(&mut child, &pidfile, ns),
+        _ => child.wait(),
+    }
+    .map_err(|e| format!("waiting for {}: {e}", req.criu.display()))?;
     drop(netns);
     if !status.success() {
         let log = work.join("restore.log");
@@ -414,6 +432,41 @@ fn restore(req: &RestoreRequest) -> Result<(i32, u64, Pipes), String> {
             stderr: err_r,
         },
     ))
+}
+
+/// Wait for `criu restore` and lift the runtime's network lock where CRIU
+/// would lift its own: CRIU writes the pid file, unlocks the network, then
+/// resumes the tasks (criu/cr-restore.c, `restore_root_task`), so the pid
+/// file's appearance is the moment. The unlock (~10 ms of kernel time) then
+/// overlaps CRIU's last steps instead of following its exit. After a
+/// successful restore the lock is always gone; after a failed one the
+/// runtime removes it (as it removes CRIU's own).
+fn wait_unlocking(
+    child: &mut std::process::Child,
+    pidfile: &Path,
+    netns: &Path,
+) -> std::io::Result<std::process::ExitStatus> {
+    let unlock = || {
+        if let Err(e) = crate::netlock::unlock(netns) {
+            eprintln!(
+                "flotilla-shim: lifting the network lock of {}: {e}",
+                netns.display()
+            );
+        }
+    };
+    loop {
+        if let Some(st) = child.try_wait()? {
+            if st.success() {
+                unlock();
+            }
+            return Ok(st);
+        }
+        if pidfile.exists() {
+            unlock();
+            return child.wait();
+        }
+        std::thread::sleep(std::time::Duration::from_micros(500));
+    }
 }
 
 fn reply(w: &mut std::os::unix::net::UnixStream, r: &CreateResponse) -> std::io::Result<()> {

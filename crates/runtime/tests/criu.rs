@@ -195,7 +195,7 @@ fn live_criu_established_tcp_connection_survives() {
     ));
     wait_for(&f, &id, "listening", 10);
     let client_ns = PathBuf::from(format!("/run/netns/{}", client.name));
-    let stream = in_netns(client_ns, || {
+    let stream = in_netns(client_ns.clone(), || {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match std::net::TcpStream::connect("198.18.200.2:7000") {
@@ -226,6 +226,22 @@ fn live_criu_established_tcp_connection_survives() {
     )
     .unwrap();
     assert_eq!(f.rt.state(&id).unwrap().status, Status::Stopped);
+    // While checkpointed the namespace is locked: a new connection to the
+    // listening port is dropped (the client times out), not refused by RST.
+    assert!(
+        flotilla_runtime::netlock::is_locked(&ctr_ns).unwrap(),
+        "no network lock while checkpointed"
+    );
+    let probe = in_netns(client_ns.clone(), || {
+        std::net::TcpStream::connect_timeout(
+            &"198.18.200.2:7000".parse().unwrap(),
+            Duration::from_millis(500),
+        )
+    });
+    match probe {
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+        other => panic!("a locked port must drop, not answer: {other:?}"),
+    }
     // Restoring a TCP checkpoint without asking for it is refused.
     let e =
         f.rt.restore(
@@ -246,6 +262,10 @@ fn live_criu_established_tcp_connection_survives() {
         },
     )
     .unwrap();
+    assert!(
+        !flotilla_runtime::netlock::is_locked(&ctr_ns).unwrap(),
+        "the network lock outlived the restore"
+    );
     line.clear();
     w.write_all(b"after\n").unwrap();
     r.read_line(&mut line).unwrap();
@@ -254,6 +274,15 @@ fn live_criu_established_tcp_connection_survives() {
     drop(r);
     f.rt.delete(&id, true).unwrap();
     f.assert_clean();
+}
+
+fn nft_tables(netns: &Path) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["nft", "list", "tables"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn build_memcheck(dir: &Path) -> PathBuf {
@@ -367,9 +396,10 @@ fn live_criu_failed_restore_leaves_the_container_stopped_and_nothing_behind() {
         .args(["nft", "list", "tables"])
         .output()
         .unwrap();
+    let tables = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
-        !String::from_utf8_lossy(&out.stdout).contains("CRIU"),
-        "lock left behind"
+        !tables.contains("CRIU") && !tables.contains(flotilla_runtime::netlock::TABLE),
+        "lock left behind: {tables}"
     );
     // A missing image directory is a clear error too.
     let e =
@@ -450,6 +480,45 @@ fn live_criu_checkpoint_can_leave_the_container_stopped_then_resume_it() {
     f.assert_clean();
 }
 
+/// The mounts on and below `/dev` and the binds of `/dev/null` (mountinfo
+/// lines without ids and device numbers), and every entry of `/dev` and
+/// `/dev/shm` (name, type and mode, owner, device number, link target).
+fn dev_shape(pid: i32) -> (Vec<String>, Vec<String>) {
+    use std::os::unix::fs::MetadataExt;
+    let mi = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let mut mounts = vec![];
+    for line in mi.lines() {
+        let (pre, post) = line.split_once(" - ").unwrap();
+        let f: Vec<&str> = pre.split(' ').collect();
+        let (root, mp, opts) = (f[3], f[4], f[5]);
+        if mp.starts_with("/dev") || root == "/null" {
+            let post: Vec<&str> = post.split(' ').collect();
+            // fstype and super options; the source ("tmpfs", "devpts") stays out.
+            mounts.push(format!("{root} {mp} {opts} {} {}", post[0], post[2]));
+        }
+    }
+    mounts.sort();
+    let mut entries = vec![];
+    for d in ["dev", "dev/shm"] {
+        for e in std::fs::read_dir(format!("/proc/{pid}/root/{d}")).unwrap() {
+            let e = e.unwrap();
+            let md = std::fs::symlink_metadata(e.path()).unwrap();
+            let link = std::fs::read_link(e.path()).ok();
+            entries.push(format!(
+                "{d}/{} {:o} {}:{} {} {:?}",
+                e.file_name().to_string_lossy(),
+                md.mode(),
+                md.uid(),
+                md.gid(),
+                md.rdev(),
+                link
+            ));
+        }
+    }
+    entries.sort();
+    (mounts, entries)
+}
+
 /// (mountpoint, fstype, read-only) of the masked directories, `/sys/fs/cgroup`
 /// and the mounts below it, as the container's init sees them.
 fn mount_shape(pid: i32, masked: &[PathBuf]) -> Vec<(String, String, bool)> {
@@ -478,10 +547,34 @@ fn live_criu_restore_recreates_masked_dirs_and_cgroup_tmpfs_without_archiving_th
     }
     let f = Fixture::new();
     let id = common::unique("shape");
-    let spec = f.spec(&["sh", "-c", "while :; do sleep 1; done"]);
+    // A file with data in /dev/shm goes to the runtime's tar archive; /dev
+    // itself (nodes, links, mountpoints) to the checkpoint's manifest.
+    let spec = f.spec(&[
+        "sh",
+        "-c",
+        "echo kept > /dev/shm/data; ln -s data /dev/shm/link; while :; do sleep 1; done",
+    ]);
     let st = f.rt.run(f.opts(&id, spec)).unwrap();
     let masked = st.record.config.masked_paths.clone();
+    let shm = format!("/proc/{}/root/dev/shm/data", st.record.init_pid);
+    let link = format!("/proc/{}/root/dev/shm/link", st.record.init_pid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // The link is made after the data: both are there once it is.
+    while std::fs::symlink_metadata(&link).is_err()
+        || std::fs::read_to_string(&shm).ok().as_deref() != Some("kept\n")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the container did not write {shm}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let before = mount_shape(st.record.init_pid, &masked);
+    let dev_before = dev_shape(st.record.init_pid);
+    assert!(
+        dev_before.0.iter().any(|l| l.contains(" /dev ")),
+        "{dev_before:?}"
+    );
     // Every masked directory that exists is an empty read-only tmpfs.
     let masked_dirs: Vec<_> = before
         .iter()
@@ -502,15 +595,17 @@ fn live_criu_restore_recreates_masked_dirs_and_cgroup_tmpfs_without_archiving_th
         },
     )
     .unwrap();
-    // Only /dev and /dev/shm are archived (the shared masked tmpfs and the
-    // v1 cgroup tmpfs are external mounts the runtime recreates).
-    let archives: Vec<String> = std::fs::read_dir(&images)
+    // CRIU archives no tmpfs (the shared masked tmpfs and the v1 cgroup
+    // tmpfs are recreated by the runtime; /dev and /dev/shm are recorded by
+    // it): /dev/shm, which holds data, is the runtime's tar archive.
+    let mut archives: Vec<String> = std::fs::read_dir(&images)
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("tmpfs-dev-"))
+        .filter(|n| n.starts_with("tmpfs-dev-") || n.ends_with(".tar"))
         .collect();
-    assert_eq!(archives.len(), 2, "{archives:?}");
+    archives.sort();
+    assert_eq!(archives, vec!["flotilla-shm.tar".to_string()]);
     let st =
         f.rt.restore(
             &id,
@@ -522,11 +617,100 @@ fn live_criu_restore_recreates_masked_dirs_and_cgroup_tmpfs_without_archiving_th
         .unwrap();
     let after = mount_shape(st.record.init_pid, &masked);
     assert_eq!(before, after, "mounts changed across checkpoint/restore");
+    assert_eq!(
+        dev_before,
+        dev_shape(st.record.init_pid),
+        "/dev changed across checkpoint/restore"
+    );
+    let shm = format!("/proc/{}/root/dev/shm/data", st.record.init_pid);
+    assert_eq!(std::fs::read_to_string(&shm).unwrap(), "kept\n");
     // The restored masked directories are still empty.
     for (mp, _, _) in masked_dirs {
         let p = format!("/proc/{}/root{mp}", st.record.init_pid);
         assert_eq!(std::fs::read_dir(&p).unwrap().count(), 0, "{p} not empty");
     }
+    // A second cycle: the restored /dev and /dev/shm are now the runtime's
+    // own mounts under criu-ext/, which the next restore replaces.
+    std::fs::write(&shm, "again\n").unwrap();
+    let images2 = f.root.path().join("ckpt-shape-2");
+    f.rt.checkpoint(
+        &id,
+        &CheckpointOptions {
+            images_dir: images2.clone(),
+            tcp_established: false,
+            after: AfterCheckpoint::Kill,
+        },
+    )
+    .unwrap();
+    let st =
+        f.rt.restore(
+            &id,
+            &RestoreOptions {
+                images_dir: images2,
+                tcp_established: false,
+            },
+        )
+        .unwrap();
+    let shm = format!("/proc/{}/root/dev/shm/data", st.record.init_pid);
+    assert_eq!(std::fs::read_to_string(&shm).unwrap(), "again\n");
+    assert_eq!(before, mount_shape(st.record.init_pid, &masked));
+    let (mounts, _) = dev_shape(st.record.init_pid);
+    assert_eq!(
+        dev_before.0, mounts,
+        "/dev mounts changed in the second cycle"
+    );
     f.rt.delete(&id, true).unwrap();
     f.assert_clean();
+}
+
+#[test]
+fn live_criu_netlock_locks_and_unlocks_a_namespace() {
+    if !live() {
+        return;
+    }
+    let ns = NetGuard {
+        name: format!("flt-lock-{}", std::process::id()),
+    };
+    sh(&format!("ip netns add {}", ns.name));
+    let path = PathBuf::from(format!("/run/netns/{}", ns.name));
+    let t = Instant::now();
+    assert!(
+        flotilla_runtime::netlock::lock(&path).unwrap(),
+        "a fresh namespace"
+    );
+    let lock_ms = t.elapsed().as_secs_f64() * 1e3;
+    // The table nft sees is CRIU's lock plus loopback.
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", path.display()))
+        .args([
+            "nft",
+            "list",
+            "table",
+            "inet",
+            flotilla_runtime::netlock::TABLE,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "hook input priority filter; policy drop;",
+        "hook output priority filter; policy drop;",
+        "meta mark 0x0000c114 accept",
+        "iif \"lo\" accept",
+        "oif \"lo\" accept",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from:\n{text}");
+    }
+    use flotilla_runtime::netlock;
+    assert!(netlock::is_locked(&path).unwrap());
+    assert!(!netlock::lock(&path).unwrap(), "already locked");
+    let t = Instant::now();
+    assert!(netlock::unlock(&path).unwrap());
+    let unlock_ms = t.elapsed().as_secs_f64() * 1e3;
+    assert!(!netlock::is_locked(&path).unwrap());
+    assert!(!netlock::unlock(&path).unwrap(), "already gone");
+    assert!(!nft_tables(&path).contains(netlock::TABLE));
+    eprintln!("netlock: lock {lock_ms:.2} ms, unlock {unlock_ms:.2} ms");
+    // A namespace path that is not one is a clear error.
+    assert!(flotilla_runtime::netlock::lock(Path::new("/nonexistent/ns")).is_err());
 }
