@@ -285,6 +285,9 @@ struct Inner {
     /// Shims that are our children, reaped when they exit.
     children: Mutex<HashSet<i32>>,
     refilling: Mutex<bool>,
+    /// The host's v1 hierarchies, read from mountinfo once: parsing it on
+    /// every create cost ~0.15 ms on the start path.
+    v1_hierarchies: std::sync::OnceLock<Vec<(String, String)>>,
 }
 
 #[derive(Clone)]
@@ -331,6 +334,7 @@ impl Runtime {
                 spares: Mutex::new(Vec::new()),
                 children: Mutex::new(HashSet::new()),
                 refilling: Mutex::new(false),
+                v1_hierarchies: std::sync::OnceLock::new(),
             }),
         };
         // Skeletons of a previous run: plain files and directories.
@@ -594,7 +598,12 @@ impl Runtime {
     fn cgroup_fs(&self) -> CgroupFs {
         match self.inner.layout.mode() {
             CgroupMode::V2 => CgroupFs::V2,
-            _ => CgroupFs::V1(v1_hierarchies()),
+            _ => CgroupFs::V1(
+                self.inner
+                    .v1_hierarchies
+                    .get_or_init(v1_hierarchies)
+                    .clone(),
+            ),
         }
     }
 
@@ -841,6 +850,12 @@ impl Runtime {
                 wanted: "only a created container can be started",
             });
         }
+        self.start_created(id, st.record)
+    }
+
+    /// `start` of a container known to be created (`run` has its record in
+    /// hand: reading and parsing state.json again cost ~0.15 ms).
+    fn start_created(&self, id: &str, record: ContainerRecord) -> Result<(), RuntimeError> {
         let fifo = self.dir(id).join(FIFO_FILE);
         let f = std::fs::OpenOptions::new()
             .read(true)
@@ -860,7 +875,7 @@ impl Runtime {
             if r > 0 {
                 break;
             }
-            if !sys::process_matches(st.record.init_pid, st.record.init_start) {
+            if !sys::process_matches(record.init_pid, record.init_start) {
                 return Err(RuntimeError::WrongState {
                     id: id.into(),
                     status: Status::Stopped,
@@ -875,7 +890,7 @@ impl Runtime {
             }
         }
         let _ = std::fs::remove_file(&fifo);
-        let mut rec = st.record;
+        let mut rec = record;
         rec.started_at_ms = Some(shim::now_ms());
         let res = shim::write_json_atomic(&self.dir(id).join("state.json"), &rec)
             .map_err(io_err("writing state.json"));
@@ -886,7 +901,7 @@ impl Runtime {
     pub fn run(&self, opts: CreateOptions) -> Result<ContainerState, RuntimeError> {
         let id = opts.id.clone();
         let st = self.create(opts)?;
-        if let Err(e) = self.start(&id) {
+        if let Err(e) = self.start_created(&id, st.record.clone()) {
             let _ = self.delete(&id, true);
             return Err(e);
         }

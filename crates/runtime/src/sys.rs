@@ -128,6 +128,42 @@ pub fn mkdir_all_in_root(root: RawFd, path: &Path, mode: u32) -> io::Result<Owne
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
         Err(e) => return Err(e),
     }
+    // Usually only the last component is missing (a mount point on a fresh
+    // tmpfs): make the parent (one lookup if present), then this one in it.
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return mkdir_all_walk(root, path, mode);
+    };
+    let pfd = mkdir_all_in_root(root, parent, mode)?;
+    let cname = cpath(Path::new(name))?;
+    // SAFETY: pfd is a directory fd we own; cname is valid.
+    if unsafe { libc::mkdirat(pfd.as_raw_fd(), cname.as_ptr(), mode) } < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EEXIST) {
+            return Err(err);
+        }
+        // Made meanwhile, or a symlink: resolve it in root like any path.
+        return open_in_root(root, path, libc::O_PATH | libc::O_DIRECTORY, 0);
+    }
+    // The directory we just made, in a parent resolved in root: nothing to
+    // follow.
+    // SAFETY: valid dirfd and C string; the kernel returns a new fd we own.
+    let fd = unsafe {
+        libc::openat(
+            pfd.as_raw_fd(),
+            cname.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `mkdir_all_in_root` one component at a time from the root (paths that
+/// end in `..` or are `/`).
+fn mkdir_all_walk(root: RawFd, path: &Path, mode: u32) -> io::Result<OwnedFd> {
     let mut cur = std::path::PathBuf::from("/");
     let mut fd = open_in_root(root, &cur, libc::O_PATH | libc::O_DIRECTORY, 0)?;
     for comp in path.components() {
