@@ -305,12 +305,15 @@ const SPARE_DIR: &str = "spare";
 /// A container directory skeleton made ahead (`Runtime::make_spare`).
 struct Spare {
     dir: PathBuf,
-    /// The overlay is mounted at `rootfs/` on these lower dirs: (path,
-    /// device, inode), so a directory replaced since is not taken for it.
-    lowers: Option<Vec<(PathBuf, u64, u64)>>,
+    /// The overlay made on these lower dirs, detached: (path, device,
+    /// inode) of each, so a directory replaced since is not taken for it.
+    lowers: Option<(Vec<LowerId>, OwnedFd)>,
 }
 
-fn lower_id(p: &Path, m: &std::fs::Metadata) -> (PathBuf, u64, u64) {
+/// A lower dir as (path, device, inode).
+type LowerId = (PathBuf, u64, u64);
+
+fn lower_id(p: &Path, m: &std::fs::Metadata) -> LowerId {
     use std::os::unix::fs::MetadataExt;
     (p.to_path_buf(), m.dev(), m.ino())
 }
@@ -318,23 +321,27 @@ fn lower_id(p: &Path, m: &std::fs::Metadata) -> (PathBuf, u64, u64) {
 /// Mount the container's overlay at `dir/rootfs` (upper and work dirs in
 /// `dir`). The lower dirs were checked by `create` (absolute, no `,`/`:`).
 fn mount_overlay(lowers: &[PathBuf], dir: &Path) -> std::io::Result<()> {
-    let lower = lowers
-        .iter()
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(":");
-    let data = format!(
-        "lowerdir={lower},upperdir={},workdir={}",
-        dir.join("upper").display(),
-        dir.join("work").display()
-    );
     let ov = sys::cstr("overlay")?;
     sys::mount(
         Some(&ov),
         &sys::cpath(&dir.join("rootfs"))?,
         Some(&ov),
         0,
-        Some(&sys::cstr(&data)?),
+        Some(&sys::cstr(&overlay_options(lowers, dir))?),
+    )
+}
+
+/// Overlay mount options: lower dirs, and upper and work dirs in `dir`.
+fn overlay_options(lowers: &[PathBuf], dir: &Path) -> String {
+    let lower = lowers
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(":");
+    format!(
+        "lowerdir={lower},upperdir={},workdir={}",
+        dir.join("upper").display(),
+        dir.join("work").display()
     )
 }
 
@@ -379,10 +386,9 @@ impl Runtime {
                 v1_hierarchies: std::sync::OnceLock::new(),
             }),
         };
-        // Skeletons of a previous run, some with their overlay mounted.
-        let spare_root = rt.inner.cfg.root.join(SPARE_DIR);
-        let _ = sys::unmount_all_under(&spare_root);
-        let _ = sys::remove_tree_one_fs(&spare_root);
+        // Skeletons of a previous run: plain files and directories (their
+        // detached overlays went with that process).
+        let _ = sys::remove_tree_one_fs(&rt.inner.cfg.root.join(SPARE_DIR));
         rt.shim_cgroup().create()?;
         rt.remove_stale_pool_cgroups();
         rt.refill_pool_async();
@@ -493,11 +499,13 @@ impl Runtime {
     /// not recently deleted, ~0.25 ms each under churn), so the pool pays for
     /// them in the background. Renamed into `containers/<id>` by `create`.
     ///
-    /// With `lowers` (the last create's), the overlay is mounted on them at
-    /// `rootfs/` too: `ovl_fill_super` makes and removes inodes in the work
-    /// dir to probe the upper filesystem (`work/work`, an O_TMPFILE, a
-    /// whiteout rename: 0.3–1.2 ms here), off the start path that way. The
-    /// upper dir is still the spare's own, empty and handed out once.
+    /// With `lowers` (the last create's), the overlay on them is made too,
+    /// as a detached mount (`fsmount`): `ovl_fill_super` makes and removes
+    /// inodes in the work dir to probe the upper filesystem (`work/work`, an
+    /// O_TMPFILE, a whiteout rename: 0.3–1.2 ms here), off the start path
+    /// that way; `create` attaches it with `move_mount`. Until then it is
+    /// in no mount table, and it goes away with its fd if the agent dies.
+    /// The upper dir is still the spare's own, empty and handed out once.
     fn make_spare(&self, lowers: Option<&[PathBuf]>) -> std::io::Result<Spare> {
         let d = self.inner.cfg.root.join(SPARE_DIR).join(rand_suffix());
         std::fs::create_dir_all(&d)?;
@@ -529,14 +537,12 @@ impl Runtime {
             .iter()
             .map(|l| std::fs::metadata(l).map(|m| lower_id(l, &m)))
             .collect::<std::io::Result<Vec<_>>>();
-        let mounted = ids.and_then(|ids| {
-            mount_overlay(lowers, &d)?;
-            Ok(ids)
-        });
-        match mounted {
-            Ok(ids) => Ok(Spare {
+        let made =
+            ids.and_then(|ids| Ok((ids, sys::fsmount_overlay(&overlay_options(lowers, &d))?)));
+        match made {
+            Ok((ids, fd)) => Ok(Spare {
                 dir: d,
-                lowers: Some(ids),
+                lowers: Some((ids, fd)),
             }),
             Err(e) => {
                 let _ = sys::remove_tree_one_fs(&d);
@@ -545,11 +551,9 @@ impl Runtime {
         }
     }
 
-    /// Unmount (if mounted) and remove a spare nobody will use.
+    /// Remove a spare nobody will use (its detached overlay goes with the fd).
     fn discard_spare(&self, s: Spare) {
-        if s.lowers.is_some() {
-            let _ = sys::unmount_all_under(&s.dir);
-        }
+        drop(s.lowers);
         if let Err(e) = sys::remove_tree_one_fs(&s.dir) {
             tracing::warn!(dir = %s.dir.display(), error = %e, "could not remove a spare container directory");
         }
@@ -601,7 +605,7 @@ impl Runtime {
             let stale: Vec<Spare> = {
                 let mut sp = rt.inner.spares.lock().expect("lock");
                 let (stale, keep) = sp.drain(..).partition(|s: &Spare| {
-                    s.lowers.as_ref().is_some_and(|l| {
+                    s.lowers.as_ref().is_some_and(|(l, _)| {
                         let same = hint.as_ref().is_some_and(|h| {
                             l.iter().map(|x| &x.0).eq(h.iter())
                                 && l.iter().all(|(p, dev, ino)| {
@@ -808,23 +812,23 @@ impl Runtime {
             let mut sp = self.inner.spares.lock().expect("lock");
             let i = sp
                 .iter()
-                .position(|s| s.lowers.as_ref() == Some(&lower_ids))
+                .position(|s| s.lowers.as_ref().is_some_and(|(l, _)| *l == lower_ids))
                 .or_else(|| sp.iter().position(|s| s.lowers.is_none()));
             i.map(|i| sp.swap_remove(i))
         };
         *self.inner.lower_hint.lock().expect("lock") = Some(opts.lower_dirs.clone());
-        let (from_spare, premounted) = match spare {
-            Some(sp) => match sys::rename_noreplace(&sp.dir, &dir) {
-                Ok(()) => (true, sp.lowers.is_some()),
+        let (from_spare, overlay) = match spare {
+            Some(mut sp) => match sys::rename_noreplace(&sp.dir, &dir) {
+                Ok(()) => (true, sp.lowers.take().map(|(_, fd)| fd)),
                 Err(e) => {
                     self.discard_spare(sp);
                     if e.raw_os_error() == Some(libc::EEXIST) {
                         return Err(RuntimeError::AlreadyExists(opts.id));
                     }
-                    (false, false)
+                    (false, None)
                 }
             },
-            None => (false, false),
+            None => (false, None),
         };
         if !from_spare {
             match std::fs::create_dir(&dir) {
@@ -849,12 +853,14 @@ impl Runtime {
                     .map_err(io_err(format!("creating {d} in {}", dir.display())))?;
             }
         }
-        if !premounted {
-            mount_overlay(&opts.lower_dirs, &dir).map_err(io_err(format!(
-                "mounting overlay rootfs at {}",
-                rootfs.display()
-            )))?;
-        }
+        let mounted = match overlay {
+            Some(fd) => sys::move_mount_to(fd.as_raw_fd(), &rootfs),
+            None => mount_overlay(&opts.lower_dirs, &dir),
+        };
+        mounted.map_err(io_err(format!(
+            "mounting overlay rootfs at {}",
+            rootfs.display()
+        )))?;
 
         let zyg = self.take_zygote()?;
         let (cgroup, clone_into) = match &zyg.cgroup {
@@ -1861,8 +1867,8 @@ impl Runtime {
         self.inner
             .shutting_down
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        // A refill under way may be mounting a spare: let it finish (it
-        // stops at the flag) so nothing stays mounted after we return.
+        // A refill under way may be making a spare: let it finish (it stops
+        // at the flag) so no spare directory is left after we return.
         let deadline = Instant::now() + Duration::from_secs(10);
         while *self.inner.refilling.lock().expect("lock") && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
@@ -1875,9 +1881,7 @@ impl Runtime {
         for s in spares {
             self.discard_spare(s);
         }
-        let spare_root = self.inner.cfg.root.join(SPARE_DIR);
-        let _ = sys::unmount_all_under(&spare_root);
-        let _ = sys::remove_tree_one_fs(&spare_root);
+        let _ = sys::remove_tree_one_fs(&self.inner.cfg.root.join(SPARE_DIR));
         let _ = self.shim_cgroup().remove();
     }
 }

@@ -246,6 +246,70 @@ pub fn mount(
     .map(|_| ())
 }
 
+/// An overlay made with the new mount API and not attached anywhere:
+/// `options` as for mount(2) (`lowerdir=…,upperdir=…,workdir=…`). The
+/// filesystem is set up (the work-dir probes run) now; [`move_mount_to`]
+/// attaches it. Dropping the fd unmounts it.
+pub fn fsmount_overlay(options: &str) -> io::Result<OwnedFd> {
+    const FSOPEN_CLOEXEC: libc::c_uint = 1;
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+    let name = cstr("overlay")?;
+    // SAFETY: valid C string; the kernel returns a new fd we own.
+    let fs = unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), FSOPEN_CLOEXEC) };
+    // SAFETY: a new fd we own.
+    let fs = unsafe { OwnedFd::from_raw_fd(cvt(fs)? as RawFd) };
+    for opt in options.split(',') {
+        let (k, v) = opt.split_once('=').unwrap_or((opt, ""));
+        let (k, v) = (cstr(k)?, cstr(v)?);
+        // SAFETY: valid fd and C strings.
+        cvt(unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                FSCONFIG_SET_STRING,
+                k.as_ptr(),
+                v.as_ptr(),
+                0,
+            )
+        })?;
+    }
+    // SAFETY: valid fd, no key or value.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    })?;
+    // SAFETY: valid fd; the kernel returns a new fd we own.
+    let m = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0) };
+    // SAFETY: a new fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(cvt(m)? as RawFd) })
+}
+
+/// Attach a detached mount (from [`fsmount_overlay`]) at `target`.
+pub fn move_mount_to(mount_fd: RawFd, target: &Path) -> io::Result<()> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+    let t = cpath(target)?;
+    // SAFETY: valid fd and C strings.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mount_fd,
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    })
+    .map(|_| ())
+}
+
 pub fn umount2(target: &CStr, flags: libc::c_int) -> io::Result<()> {
     // SAFETY: valid C string.
     cvt_i(unsafe { libc::umount2(target.as_ptr(), flags) }).map(|_| ())
