@@ -302,6 +302,9 @@ pub struct Runtime {
 /// Under the root: container directory skeletons made ahead.
 const SPARE_DIR: &str = "spare";
 
+/// The temporary file of start's state.json write (made ahead in spares).
+const START_TMP: &str = "state.start.tmp";
+
 /// A container directory skeleton made ahead (`Runtime::make_spare`).
 struct Spare {
     dir: PathBuf,
@@ -520,8 +523,10 @@ impl Runtime {
             .open(d.join(LOG_FILE))?;
         std::fs::File::create_new(d.join(shim::SHIM_LOG))?;
         std::fs::File::create_new(d.join(EXIT_FILE).with_extension("tmp"))?;
-        // Reused by create's state.json write (write to temp, rename).
+        // Reused by create's and start's state.json writes (write to temp,
+        // rename).
         std::fs::File::create_new(d.join("state.tmp"))?;
+        std::fs::File::create_new(d.join(START_TMP))?;
         nix::unistd::mkfifo(
             &d.join(FIFO_FILE),
             nix::sys::stat::Mode::from_bits_truncate(0o600),
@@ -1035,7 +1040,8 @@ impl Runtime {
         let _ = std::fs::remove_file(&fifo);
         let mut rec = record;
         rec.started_at_ms = Some(shim::now_ms());
-        let res = shim::write_json_atomic(&self.dir(id).join("state.json"), &rec)
+        let dir = self.dir(id);
+        let res = shim::write_json_swap(&dir.join("state.json"), &dir.join(START_TMP), &rec)
             .map_err(io_err("writing state.json"));
         self.refill_pool_async();
         res

@@ -404,6 +404,15 @@ pub fn inotify_drain(fd: RawFd) {
 
 /// rename(2) that fails with EEXIST instead of replacing `to`.
 pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    renameat2(from, to, libc::RENAME_NOREPLACE)
+}
+
+/// Swap two existing paths atomically (RENAME_EXCHANGE).
+pub fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
+    renameat2(a, b, libc::RENAME_EXCHANGE)
+}
+
+fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> io::Result<()> {
     let (f, t) = (cpath(from)?, cpath(to)?);
     // SAFETY: valid C strings.
     cvt(unsafe {
@@ -413,7 +422,7 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
             f.as_ptr(),
             libc::AT_FDCWD,
             t.as_ptr(),
-            libc::RENAME_NOREPLACE,
+            flags,
         )
     })
     .map(|_| ())
