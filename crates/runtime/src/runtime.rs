@@ -859,7 +859,12 @@ impl Runtime {
             }
         }
         let mounted = match overlay {
-            Some(fd) => sys::move_mount_to(fd.as_raw_fd(), &rootfs),
+            Some(fd) => sys::move_mount_to(fd.as_raw_fd(), &rootfs).or_else(|e| {
+                tracing::warn!(error = %e, "attaching the pool's overlay; mounting one");
+                // Release its work dir first: an overlay refuses one in use.
+                drop(fd);
+                mount_overlay(&opts.lower_dirs, &dir)
+            }),
             None => mount_overlay(&opts.lower_dirs, &dir),
         };
         mounted.map_err(io_err(format!(
