@@ -571,16 +571,22 @@ fn mount_cgroupfs(rfd: RawFd, dest: &Path, fs: &CgroupFs) -> std::io::Result<()>
 }
 
 fn create_devices(rfd: RawFd, cfg: &ContainerConfig, userns: bool) -> R<()> {
+    // Devices mostly share one parent (/dev): open it once.
+    let mut parent_dir: Option<(&Path, OwnedFd)> = None;
     for d in &cfg.devices {
         let field = || format!("linux.devices {}", d.path.display());
         let parent = d.path.parent().unwrap_or(Path::new("/dev"));
-        let pfd = ctx(sys::mkdir_all_in_root(rfd, parent, 0o755), field)?;
-        // mknodat needs a real directory fd, not O_PATH.
-        let dirfd = ctx(
-            sys::open_in_root(rfd, parent, libc::O_DIRECTORY | libc::O_RDONLY, 0),
-            field,
-        )?;
-        drop(pfd);
+        if parent_dir.as_ref().is_none_or(|(p, _)| *p != parent) {
+            let pfd = ctx(sys::mkdir_all_in_root(rfd, parent, 0o755), field)?;
+            // mknodat needs a real directory fd, not O_PATH.
+            let dirfd = ctx(
+                sys::open_in_root(rfd, parent, libc::O_DIRECTORY | libc::O_RDONLY, 0),
+                field,
+            )?;
+            drop(pfd);
+            parent_dir = Some((parent, dirfd));
+        }
+        let dirfd = &parent_dir.as_ref().expect("set above").1;
         let name = ctx(
             cpath(Path::new(d.path.file_name().unwrap_or_default())),
             field,
@@ -633,15 +639,18 @@ fn create_devices(rfd: RawFd, cfg: &ContainerConfig, userns: bool) -> R<()> {
             );
         }
     }
-    let dev = ctx(
-        sys::open_in_root(
-            rfd,
-            Path::new("/dev"),
-            libc::O_DIRECTORY | libc::O_RDONLY,
-            0,
-        ),
-        || "/dev".into(),
-    )?;
+    let dev = match parent_dir {
+        Some((p, fd)) if p == Path::new("/dev") => fd,
+        _ => ctx(
+            sys::open_in_root(
+                rfd,
+                Path::new("/dev"),
+                libc::O_DIRECTORY | libc::O_RDONLY,
+                0,
+            ),
+            || "/dev".into(),
+        )?,
+    };
     for (link, target) in [
         ("fd", "/proc/self/fd"),
         ("stdin", "/proc/self/fd/0"),

@@ -280,12 +280,19 @@ struct Inner {
     /// Idle inotify instances for `wait` (never closed on its path).
     inotify: Mutex<Vec<std::os::fd::OwnedFd>>,
     /// Container directory skeletons made ahead (`make_spare`).
-    spares: Mutex<Vec<PathBuf>>,
+    spares: Mutex<Vec<Spare>>,
+    /// Lower dirs of the last create: the pool mounts spare overlays on them.
+    lower_hint: Mutex<Option<Vec<PathBuf>>>,
+    /// Set by `shutdown`: the refill thread stops and mounts nothing more.
+    shutting_down: std::sync::atomic::AtomicBool,
     layout: CgroupLayout,
     pool: Mutex<VecDeque<Zygote>>,
     /// Shims that are our children, reaped when they exit.
     children: Mutex<HashSet<i32>>,
     refilling: Mutex<bool>,
+    /// The host's v1 hierarchies, read from mountinfo once: parsing it on
+    /// every create cost ~0.15 ms on the start path.
+    v1_hierarchies: std::sync::OnceLock<Vec<(String, String)>>,
 }
 
 #[derive(Clone)]
@@ -295,6 +302,52 @@ pub struct Runtime {
 
 /// Under the root: container directory skeletons made ahead.
 const SPARE_DIR: &str = "spare";
+
+/// The temporary file of start's state.json write (made ahead in spares).
+const START_TMP: &str = "state.start.tmp";
+
+/// A container directory skeleton made ahead (`Runtime::make_spare`).
+struct Spare {
+    dir: PathBuf,
+    /// The overlay made on these lower dirs, detached: (path, device,
+    /// inode) of each, so a directory replaced since is not taken for it.
+    lowers: Option<(Vec<LowerId>, OwnedFd)>,
+}
+
+/// A lower dir as (path, device, inode).
+type LowerId = (PathBuf, u64, u64);
+
+fn lower_id(p: &Path, m: &std::fs::Metadata) -> LowerId {
+    use std::os::unix::fs::MetadataExt;
+    (p.to_path_buf(), m.dev(), m.ino())
+}
+
+/// Mount the container's overlay at `dir/rootfs` (upper and work dirs in
+/// `dir`). The lower dirs were checked by `create` (absolute, no `,`/`:`).
+fn mount_overlay(lowers: &[PathBuf], dir: &Path) -> std::io::Result<()> {
+    let ov = sys::cstr("overlay")?;
+    sys::mount(
+        Some(&ov),
+        &sys::cpath(&dir.join("rootfs"))?,
+        Some(&ov),
+        0,
+        Some(&sys::cstr(&overlay_options(lowers, dir))?),
+    )
+}
+
+/// Overlay mount options: lower dirs, and upper and work dirs in `dir`.
+fn overlay_options(lowers: &[PathBuf], dir: &Path) -> String {
+    let lower = lowers
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(":");
+    format!(
+        "lowerdir={lower},upperdir={},workdir={}",
+        dir.join("upper").display(),
+        dir.join("work").display()
+    )
+}
 
 fn rand_suffix() -> String {
     use rand::Rng;
@@ -330,11 +383,15 @@ impl Runtime {
                 pool: Mutex::new(VecDeque::new()),
                 inotify: Mutex::new(Vec::new()),
                 spares: Mutex::new(Vec::new()),
+                lower_hint: Mutex::new(None),
+                shutting_down: std::sync::atomic::AtomicBool::new(false),
                 children: Mutex::new(HashSet::new()),
                 refilling: Mutex::new(false),
+                v1_hierarchies: std::sync::OnceLock::new(),
             }),
         };
-        // Skeletons of a previous run: plain files and directories.
+        // Skeletons of a previous run: plain files and directories (their
+        // detached overlays went with that process).
         let _ = sys::remove_tree_one_fs(&rt.inner.cfg.root.join(SPARE_DIR));
         rt.shim_cgroup().create()?;
         rt.remove_stale_pool_cgroups();
@@ -445,7 +502,15 @@ impl Runtime {
     /// inode is costly on this machine's ext4 (no journal: it scans for one
     /// not recently deleted, ~0.25 ms each under churn), so the pool pays for
     /// them in the background. Renamed into `containers/<id>` by `create`.
-    fn make_spare(&self) -> std::io::Result<PathBuf> {
+    ///
+    /// With `lowers` (the last create's), the overlay on them is made too,
+    /// as a detached mount (`fsmount`): `ovl_fill_super` makes and removes
+    /// inodes in the work dir to probe the upper filesystem (`work/work`, an
+    /// O_TMPFILE, a whiteout rename: 0.3–1.2 ms here), off the start path
+    /// that way; `create` attaches it with `move_mount`. Until then it is
+    /// in no mount table, and it goes away with its fd if the agent dies.
+    /// The upper dir is still the spare's own, empty and handed out once.
+    fn make_spare(&self, lowers: Option<&[PathBuf]>) -> std::io::Result<Spare> {
         let d = self.inner.cfg.root.join(SPARE_DIR).join(rand_suffix());
         std::fs::create_dir_all(&d)?;
         for s in ["rootfs", "upper", "work"] {
@@ -459,18 +524,76 @@ impl Runtime {
             .open(d.join(LOG_FILE))?;
         std::fs::File::create_new(d.join(shim::SHIM_LOG))?;
         std::fs::File::create_new(d.join(EXIT_FILE).with_extension("tmp"))?;
-        // Reused by create's state.json write (write to temp, rename).
+        // Reused by create's and start's state.json writes (write to temp,
+        // rename).
         std::fs::File::create_new(d.join("state.tmp"))?;
+        std::fs::File::create_new(d.join(START_TMP))?;
         nix::unistd::mkfifo(
             &d.join(FIFO_FILE),
             nix::sys::stat::Mode::from_bits_truncate(0o600),
         )
         .map_err(std::io::Error::from)?;
-        Ok(d)
+        let Some(lowers) = lowers else {
+            return Ok(Spare {
+                dir: d,
+                lowers: None,
+            });
+        };
+        let ids = lowers
+            .iter()
+            .map(|l| std::fs::metadata(l).map(|m| lower_id(l, &m)))
+            .collect::<std::io::Result<Vec<_>>>();
+        let made =
+            ids.and_then(|ids| Ok((ids, sys::fsmount_overlay(&overlay_options(lowers, &d))?)));
+        match made {
+            Ok((ids, fd)) => Ok(Spare {
+                dir: d,
+                lowers: Some((ids, fd)),
+            }),
+            Err(e) => {
+                let _ = sys::remove_tree_one_fs(&d);
+                Err(e)
+            }
+        }
+    }
+
+    /// Remove a spare nobody will use (its detached overlay goes with the fd).
+    fn discard_spare(&self, s: Spare) {
+        drop(s.lowers);
+        if let Err(e) = sys::remove_tree_one_fs(&s.dir) {
+            tracing::warn!(dir = %s.dir.display(), error = %e, "could not remove a spare container directory");
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.inner
+            .shutting_down
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Make one spare and add it to the pool, unless the runtime is
+    /// shutting down (then it is removed again). False when nothing was added.
+    fn add_spare(&self, lowers: Option<&[PathBuf]>) -> bool {
+        match self.make_spare(lowers) {
+            Ok(sp) => {
+                let mut spares = self.inner.spares.lock().expect("lock");
+                if self.stopping() {
+                    drop(spares);
+                    self.discard_spare(sp);
+                    return false;
+                }
+                spares.push(sp);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, premounted = lowers.is_some(), "could not prepare a container directory");
+                false
+            }
+        }
     }
 
     fn refill_pool_async(&self) {
-        if self.inner.cfg.pool_size == 0 {
+        if self.inner.cfg.pool_size == 0 || self.stopping() {
             return;
         }
         {
@@ -482,20 +605,53 @@ impl Runtime {
         }
         let rt = self.clone();
         std::thread::spawn(move || {
+            // Plain spares, and as many with the overlay mounted on the
+            // last create's lower dirs; those on older lowers are dropped.
+            let hint = rt.inner.lower_hint.lock().expect("lock").clone();
+            let stale: Vec<Spare> = {
+                let mut sp = rt.inner.spares.lock().expect("lock");
+                let (stale, keep) = sp.drain(..).partition(|s: &Spare| {
+                    s.lowers.as_ref().is_some_and(|(l, _)| {
+                        let same = hint.as_ref().is_some_and(|h| {
+                            l.iter().map(|x| &x.0).eq(h.iter())
+                                && l.iter().all(|(p, dev, ino)| {
+                                    std::fs::metadata(p)
+                                        .is_ok_and(|m| lower_id(p, &m) == (p.clone(), *dev, *ino))
+                                })
+                        });
+                        !same
+                    })
+                });
+                *sp = keep;
+                stale
+            };
+            for s in stale {
+                rt.discard_spare(s);
+            }
             loop {
-                let have = rt.inner.spares.lock().expect("lock").len();
-                if have >= rt.inner.cfg.pool_size {
+                if rt.stopping() {
                     break;
                 }
-                match rt.make_spare() {
-                    Ok(d) => rt.inner.spares.lock().expect("lock").push(d),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not prepare a container directory");
-                        break;
-                    }
+                let (plain, mounted) = {
+                    let sp = rt.inner.spares.lock().expect("lock");
+                    let m = sp.iter().filter(|s| s.lowers.is_some()).count();
+                    (sp.len() - m, m)
+                };
+                let added = if plain < rt.inner.cfg.pool_size {
+                    rt.add_spare(None)
+                } else if mounted < rt.inner.cfg.pool_size && hint.is_some() {
+                    rt.add_spare(hint.as_deref())
+                } else {
+                    break;
+                };
+                if !added {
+                    break;
                 }
             }
             loop {
+                if rt.stopping() {
+                    break;
+                }
                 let have = rt.inner.pool.lock().expect("lock").len();
                 if have >= rt.inner.cfg.pool_size {
                     break;
@@ -595,7 +751,12 @@ impl Runtime {
     fn cgroup_fs(&self) -> CgroupFs {
         match self.inner.layout.mode() {
             CgroupMode::V2 => CgroupFs::V2,
-            _ => CgroupFs::V1(v1_hierarchies()),
+            _ => CgroupFs::V1(
+                self.inner
+                    .v1_hierarchies
+                    .get_or_init(v1_hierarchies)
+                    .clone(),
+            ),
         }
     }
 
@@ -619,6 +780,7 @@ impl Runtime {
                 "at least one directory is required".into(),
             ));
         }
+        let mut lower_ids = Vec::with_capacity(opts.lower_dirs.len());
         for d in &opts.lower_dirs {
             if !d.is_absolute() {
                 return Err(RuntimeError::Rootfs(format!(
@@ -627,7 +789,7 @@ impl Runtime {
                 )));
             }
             match std::fs::metadata(d) {
-                Ok(m) if m.is_dir() => {}
+                Ok(m) if m.is_dir() => lower_ids.push(lower_id(d, &m)),
                 Ok(_) => {
                     return Err(RuntimeError::Rootfs(format!(
                         "{} is not a directory",
@@ -649,20 +811,30 @@ impl Runtime {
             }
         }
         let dir = self.dir(&opts.id);
-        // A skeleton made ahead takes the name atomically like mkdir would.
-        let spare = self.inner.spares.lock().expect("lock").pop();
-        let from_spare = match spare {
-            Some(sp) => match sys::rename_noreplace(&sp, &dir) {
-                Ok(()) => true,
+        // A skeleton made ahead takes the name atomically like mkdir would:
+        // one with the overlay already mounted on exactly these lower dirs
+        // (same paths, same directories), else a plain one.
+        let spare = {
+            let mut sp = self.inner.spares.lock().expect("lock");
+            let i = sp
+                .iter()
+                .position(|s| s.lowers.as_ref().is_some_and(|(l, _)| *l == lower_ids))
+                .or_else(|| sp.iter().position(|s| s.lowers.is_none()));
+            i.map(|i| sp.swap_remove(i))
+        };
+        *self.inner.lower_hint.lock().expect("lock") = Some(opts.lower_dirs.clone());
+        let (from_spare, overlay) = match spare {
+            Some(mut sp) => match sys::rename_noreplace(&sp.dir, &dir) {
+                Ok(()) => (true, sp.lowers.take().map(|(_, fd)| fd)),
                 Err(e) => {
-                    let _ = sys::remove_tree_one_fs(&sp);
+                    self.discard_spare(sp);
                     if e.raw_os_error() == Some(libc::EEXIST) {
                         return Err(RuntimeError::AlreadyExists(opts.id));
                     }
-                    false
+                    (false, None)
                 }
             },
-            None => false,
+            None => (false, None),
         };
         if !from_spare {
             match std::fs::create_dir(&dir) {
@@ -687,26 +859,16 @@ impl Runtime {
                     .map_err(io_err(format!("creating {d} in {}", dir.display())))?;
             }
         }
-        let lower = opts
-            .lower_dirs
-            .iter()
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(":");
-        let data = format!(
-            "lowerdir={lower},upperdir={},workdir={}",
-            dir.join("upper").display(),
-            dir.join("work").display()
-        );
-        let ov = sys::cstr("overlay").expect("static");
-        sys::mount(
-            Some(&ov),
-            &sys::cpath(&rootfs).map_err(io_err("rootfs path"))?,
-            Some(&ov),
-            0,
-            Some(&sys::cstr(&data).map_err(io_err("overlay options"))?),
-        )
-        .map_err(io_err(format!(
+        let mounted = match overlay {
+            Some(fd) => sys::move_mount_to(fd.as_raw_fd(), &rootfs).or_else(|e| {
+                tracing::warn!(error = %e, "attaching the pool's overlay; mounting one");
+                // Release its work dir first: an overlay refuses one in use.
+                drop(fd);
+                mount_overlay(&opts.lower_dirs, &dir)
+            }),
+            None => mount_overlay(&opts.lower_dirs, &dir),
+        };
+        mounted.map_err(io_err(format!(
             "mounting overlay rootfs at {}",
             rootfs.display()
         )))?;
@@ -842,6 +1004,12 @@ impl Runtime {
                 wanted: "only a created container can be started",
             });
         }
+        self.start_created(id, st.record)
+    }
+
+    /// `start` of a container known to be created (`run` has its record in
+    /// hand: reading and parsing state.json again cost ~0.15 ms).
+    fn start_created(&self, id: &str, record: ContainerRecord) -> Result<(), RuntimeError> {
         let fifo = self.dir(id).join(FIFO_FILE);
         let f = std::fs::OpenOptions::new()
             .read(true)
@@ -861,7 +1029,7 @@ impl Runtime {
             if r > 0 {
                 break;
             }
-            if !sys::process_matches(st.record.init_pid, st.record.init_start) {
+            if !sys::process_matches(record.init_pid, record.init_start) {
                 return Err(RuntimeError::WrongState {
                     id: id.into(),
                     status: Status::Stopped,
@@ -876,9 +1044,10 @@ impl Runtime {
             }
         }
         let _ = std::fs::remove_file(&fifo);
-        let mut rec = st.record;
+        let mut rec = record;
         rec.started_at_ms = Some(shim::now_ms());
-        let res = shim::write_json_atomic(&self.dir(id).join("state.json"), &rec)
+        let dir = self.dir(id);
+        let res = shim::write_json_swap(&dir.join("state.json"), &dir.join(START_TMP), &rec)
             .map_err(io_err("writing state.json"));
         self.refill_pool_async();
         res
@@ -887,7 +1056,7 @@ impl Runtime {
     pub fn run(&self, opts: CreateOptions) -> Result<ContainerState, RuntimeError> {
         let id = opts.id.clone();
         let st = self.create(opts)?;
-        if let Err(e) = self.start(&id) {
+        if let Err(e) = self.start_created(&id, st.record.clone()) {
             let _ = self.delete(&id, true);
             return Err(e);
         }
@@ -1770,11 +1939,23 @@ impl Runtime {
     /// Stop the pool's zygotes (they exit when their socket closes) and
     /// remove their cgroups.
     pub fn shutdown(&self) {
+        self.inner
+            .shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // A refill under way may be making a spare: let it finish (it stops
+        // at the flag) so no spare directory is left after we return.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while *self.inner.refilling.lock().expect("lock") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
         let zs: Vec<Zygote> = self.inner.pool.lock().expect("lock").drain(..).collect();
         for z in zs {
             self.discard_zygote(z);
         }
-        self.inner.spares.lock().expect("lock").clear();
+        let spares: Vec<Spare> = self.inner.spares.lock().expect("lock").drain(..).collect();
+        for s in spares {
+            self.discard_spare(s);
+        }
         let _ = sys::remove_tree_one_fs(&self.inner.cfg.root.join(SPARE_DIR));
         let _ = self.shim_cgroup().remove();
     }

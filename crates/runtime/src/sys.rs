@@ -128,6 +128,42 @@ pub fn mkdir_all_in_root(root: RawFd, path: &Path, mode: u32) -> io::Result<Owne
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
         Err(e) => return Err(e),
     }
+    // Usually only the last component is missing (a mount point on a fresh
+    // tmpfs): make the parent (one lookup if present), then this one in it.
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return mkdir_all_walk(root, path, mode);
+    };
+    let pfd = mkdir_all_in_root(root, parent, mode)?;
+    let cname = cpath(Path::new(name))?;
+    // SAFETY: pfd is a directory fd we own; cname is valid.
+    if unsafe { libc::mkdirat(pfd.as_raw_fd(), cname.as_ptr(), mode) } < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EEXIST) {
+            return Err(err);
+        }
+        // Made meanwhile, or a symlink: resolve it in root like any path.
+        return open_in_root(root, path, libc::O_PATH | libc::O_DIRECTORY, 0);
+    }
+    // The directory we just made, in a parent resolved in root: nothing to
+    // follow.
+    // SAFETY: valid dirfd and C string; the kernel returns a new fd we own.
+    let fd = unsafe {
+        libc::openat(
+            pfd.as_raw_fd(),
+            cname.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `mkdir_all_in_root` one component at a time from the root (paths that
+/// end in `..` or are `/`).
+fn mkdir_all_walk(root: RawFd, path: &Path, mode: u32) -> io::Result<OwnedFd> {
     let mut cur = std::path::PathBuf::from("/");
     let mut fd = open_in_root(root, &cur, libc::O_PATH | libc::O_DIRECTORY, 0)?;
     for comp in path.components() {
@@ -205,6 +241,70 @@ pub fn mount(
             fstype.map_or(std::ptr::null(), |s| s.as_ptr()),
             flags,
             data.map_or(std::ptr::null(), |s| s.as_ptr() as *const libc::c_void),
+        )
+    })
+    .map(|_| ())
+}
+
+/// An overlay made with the new mount API and not attached anywhere:
+/// `options` as for mount(2) (`lowerdir=…,upperdir=…,workdir=…`). The
+/// filesystem is set up (the work-dir probes run) now; [`move_mount_to`]
+/// attaches it. Dropping the fd unmounts it.
+pub fn fsmount_overlay(options: &str) -> io::Result<OwnedFd> {
+    const FSOPEN_CLOEXEC: libc::c_uint = 1;
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+    let name = cstr("overlay")?;
+    // SAFETY: valid C string; the kernel returns a new fd we own.
+    let fs = unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), FSOPEN_CLOEXEC) };
+    // SAFETY: a new fd we own.
+    let fs = unsafe { OwnedFd::from_raw_fd(cvt(fs)? as RawFd) };
+    for opt in options.split(',') {
+        let (k, v) = opt.split_once('=').unwrap_or((opt, ""));
+        let (k, v) = (cstr(k)?, cstr(v)?);
+        // SAFETY: valid fd and C strings.
+        cvt(unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                FSCONFIG_SET_STRING,
+                k.as_ptr(),
+                v.as_ptr(),
+                0,
+            )
+        })?;
+    }
+    // SAFETY: valid fd, no key or value.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    })?;
+    // SAFETY: valid fd; the kernel returns a new fd we own.
+    let m = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0) };
+    // SAFETY: a new fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(cvt(m)? as RawFd) })
+}
+
+/// Attach a detached mount (from [`fsmount_overlay`]) at `target`.
+pub fn move_mount_to(mount_fd: RawFd, target: &Path) -> io::Result<()> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+    let t = cpath(target)?;
+    // SAFETY: valid fd and C strings.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mount_fd,
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
         )
     })
     .map(|_| ())
@@ -304,6 +404,15 @@ pub fn inotify_drain(fd: RawFd) {
 
 /// rename(2) that fails with EEXIST instead of replacing `to`.
 pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    renameat2(from, to, libc::RENAME_NOREPLACE)
+}
+
+/// Swap two existing paths atomically (RENAME_EXCHANGE).
+pub fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
+    renameat2(a, b, libc::RENAME_EXCHANGE)
+}
+
+fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> io::Result<()> {
     let (f, t) = (cpath(from)?, cpath(to)?);
     // SAFETY: valid C strings.
     cvt(unsafe {
@@ -313,7 +422,7 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
             f.as_ptr(),
             libc::AT_FDCWD,
             t.as_ptr(),
-            libc::RENAME_NOREPLACE,
+            flags,
         )
     })
     .map(|_| ())

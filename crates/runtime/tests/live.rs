@@ -715,3 +715,104 @@ fn live_exec_with_a_terminal() {
     f.rt.delete(&id, false).unwrap();
     f.assert_clean();
 }
+
+/// The mountinfo line of `rootfs`, if it is a mount point.
+fn rootfs_mount_line(rootfs: &std::path::Path) -> Option<String> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = rootfs.display().to_string();
+    mi.lines()
+        .find(|l| l.split(' ').nth(4) == Some(want.as_str()))
+        .map(str::to_string)
+}
+
+/// A create whose lower dirs match the previous one's gets the pool's detached overlay
+/// (made in a spare directory, attached by move_mount): it still has its own, empty upper
+/// dir; another set of lower dirs gets a plain spare and its own mount. Nothing of the
+/// pool is in the mount table before it is handed out, or after shutdown.
+#[test]
+fn live_premounted_spare_overlay_is_fresh_and_private() {
+    if !live() {
+        return;
+    }
+    let f = Fixture::new();
+    let a = common::unique("pm");
+    let (e, logs) = f.run_script(&a, "echo one > /marker; cat /marker");
+    assert_eq!(e.exit_code, Some(0), "{logs}");
+    // The refill after that start prepares a spare on these lower dirs.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let spare_root = f.rt.config().root.join("spare");
+    let premounted = || {
+        std::fs::read_dir(&spare_root)
+            .map(|rd| rd.count())
+            .unwrap_or(0)
+            >= 2
+    };
+    while !premounted() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let root_s = f.root.path().display().to_string();
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mi.lines()
+            .any(|l| l.contains(&root_s) && l.contains("/spare/")),
+        "a spare's overlay is attached before use: {mi}"
+    );
+    let b = common::unique("pm");
+    let st =
+        f.rt.create(f.opts(
+            &b,
+            f.spec(&[
+                "sh",
+                "-c",
+                "test -e /marker && echo leaked || echo fresh; echo two > /marker",
+            ]),
+        ))
+        .unwrap();
+    let line = rootfs_mount_line(&st.record.rootfs).expect("rootfs mounted");
+    // Made in the spare directory (the options keep the path it had then).
+    assert!(
+        line.contains(" - overlay ") && line.contains("/spare/"),
+        "{line}"
+    );
+    f.rt.start(&b).unwrap();
+    let e = f.rt.wait(&b, Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(e.exit_code, Some(0));
+    assert!(f.logs(&b).contains("fresh"), "{}", f.logs(&b));
+    let read =
+        |id: &str| std::fs::read_to_string(f.rt.upper_dir(id).unwrap().join("marker")).unwrap();
+    assert_eq!(read(&a), "one\n");
+    assert_eq!(read(&b), "two\n");
+    // Other lower dirs: a plain spare, mounted at create.
+    let layer = f.root.path().join("layer");
+    std::fs::create_dir_all(layer.join("etc")).unwrap();
+    std::fs::write(layer.join("etc/extra"), "x").unwrap();
+    let c = common::unique("pm");
+    let mut opts = f.opts(&c, f.spec(&["cat", "/etc/extra"]));
+    opts.lower_dirs.insert(0, layer.clone());
+    let st = f.rt.create(opts).unwrap();
+    let line = rootfs_mount_line(&st.record.rootfs).expect("rootfs mounted");
+    assert!(
+        line.contains(&format!(
+            "upperdir={}",
+            f.rt.upper_dir(&c).unwrap().display()
+        )),
+        "{line}"
+    );
+    f.rt.start(&c).unwrap();
+    assert_eq!(
+        f.rt.wait(&c, Some(Duration::from_secs(10)))
+            .unwrap()
+            .exit_code,
+        Some(0)
+    );
+    assert_eq!(f.logs(&c), "x");
+    for id in [&a, &b, &c] {
+        f.rt.delete(id, false).unwrap();
+    }
+    f.assert_clean();
+    f.rt.shutdown();
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mi.contains(&root_s), "mounts left after shutdown: {mi}");
+    assert!(!spare_root.exists(), "spares left after shutdown");
+}
