@@ -16,7 +16,9 @@
 //! * Nothing here reads a clock or mints an id: time (`at_ms`, the proposer's wall clock, kept
 //!   as data and never compared across machines) and ids come from the proposer.
 //!
-//! Every object carries `revision`, the Raft log index that last modified it. A command with
+//! Every object carries `revision`, the Raft log index that last modified it (the commands of
+//! one `Command::Batch` share their entry's index and touch pairwise disjoint objects, so an
+//! object's revision still names exactly one change). A command with
 //! `expect_revision: Some(r)` applies only when the object's current revision is `r` (`0`
 //! meaning "does not exist yet"); otherwise the result is `CommandResult::Conflict`.
 

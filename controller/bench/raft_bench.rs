@@ -45,6 +45,9 @@ async fn serve(args: &Args) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&me.raft_addr).await?;
     let mut config = ControllerConfig::new(args.id, &args.data_dir, me);
     config.bootstrap = false;
+    if let Some(n) = args.max_in_flight {
+        config.batching.max_in_flight = n;
+    }
     let net = HttpNetwork::new(None)?;
     let node = ControllerNode::start(config, net.clone(), Arc::new(net)).await?;
     if args.id == 1 && !node.raft().is_initialized().await? {
@@ -81,6 +84,10 @@ struct Args {
     clients: usize,
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Group commit: entries in flight before writes queue (with --serve; default: the
+    /// controller's).
+    #[arg(long)]
+    max_in_flight: Option<usize>,
     /// Value size in bytes.
     #[arg(long, default_value_t = 64)]
     value_size: usize,

@@ -10,7 +10,8 @@
 //! `append` returns as soon as its entries are queued, as openraft asks, so Raft keeps
 //! accepting and replicating entries while the previous group is being fsynced. Queued entries
 //! are readable at once from an in-memory `pending` map that readers overlay on the table;
-//! an entry leaves `pending` only after the commit that wrote it.
+//! an entry leaves `pending` only after the commit that wrote it, and the newest written ones
+//! stay there too (`KEEP_WRITTEN`), so replication and apply rarely decode from redb.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -33,6 +34,9 @@ const LAST_PURGED: &str = "last_purged";
 
 /// Most operations written in one transaction.
 const MAX_GROUP: usize = 1024;
+
+/// Written entries kept in memory after their commit (the newest ones).
+const KEEP_WRITTEN: u64 = 256;
 
 type Done = oneshot::Sender<Result<(), String>>;
 
@@ -63,7 +67,13 @@ enum AppendDone {
     Wait(Done),
 }
 
-type Pending = Arc<Mutex<BTreeMap<u64, Entry>>>;
+/// An entry in memory: queued for writing, or written and kept (see `KEEP_WRITTEN`).
+struct Cached {
+    entry: Entry,
+    written: bool,
+}
+
+type Pending = Arc<Mutex<BTreeMap<u64, Cached>>>;
 
 struct Shared {
     db: Arc<Database>,
@@ -147,19 +157,39 @@ fn write_and_report(db: &Database, pending: &Pending, group: Vec<Op>) {
     if let Err(e) = &result {
         tracing::error!(error = %e, ops = group.len(), "cannot write to the raft log");
     }
-    // Written: the entries are readable from the table now.
+    // Written: the entries are readable from the table now. The newest `KEEP_WRITTEN` stay in
+    // memory as well: replication and apply read an entry right after it is written (openraft
+    // replicates only after the leader's flush), and decoding it back from redb for each
+    // follower and for the apply cost more than keeping it.
     if result.is_ok() {
+        let written = group
+            .iter()
+            .filter_map(|op| match op {
+                Op::Append { rows, .. } => rows.last().map(|(id, _)| id.index),
+                _ => None,
+            })
+            .max();
         let mut pending = pending.lock().unwrap_or_else(PoisonError::into_inner);
         for op in &group {
             if let Op::Append { rows, .. } = op {
                 for (log_id, _) in rows {
-                    if pending
-                        .get(&log_id.index)
-                        .is_some_and(|e| e.log_id == *log_id)
+                    // Not if a truncation replaced it meanwhile: the new one is not written.
+                    if let Some(c) = pending
+                        .get_mut(&log_id.index)
+                        .filter(|c| c.entry.log_id == *log_id)
                     {
-                        pending.remove(&log_id.index);
+                        c.written = true;
                     }
                 }
+            }
+        }
+        if let Some(last) = written {
+            let keep_from = (last + 1).saturating_sub(KEEP_WRITTEN);
+            while pending
+                .first_key_value()
+                .is_some_and(|(k, c)| *k < keep_from && c.written)
+            {
+                pending.pop_first();
             }
         }
     }
@@ -216,6 +246,22 @@ fn write_group(db: &Database, group: &[Op]) -> Result<(), StoreError> {
     }
     txn.commit()?;
     Ok(())
+}
+
+/// Whether `entries` holds every index of the bounded range `start..end`.
+fn covers(entries: &BTreeMap<u64, Entry>, start: Bound<u64>, end: Bound<u64>) -> bool {
+    let lo = match start {
+        Bound::Included(s) => s,
+        Bound::Excluded(s) => s.saturating_add(1),
+        Bound::Unbounded => return false,
+    };
+    let hi = match end {
+        Bound::Excluded(e) => e,
+        Bound::Included(e) => e.saturating_add(1),
+        Bound::Unbounded => return false,
+    };
+    // Keys are distinct and inside the range, so the count says whether none is missing.
+    hi <= lo || entries.len() as u64 == hi - lo
 }
 
 impl LogStore {
@@ -276,13 +322,16 @@ impl LogStore {
             .unwrap_or_else(PoisonError::into_inner);
         pending
             .range((start, end))
-            .map(|(k, v)| (*k, v.clone()))
+            .map(|(k, c)| (*k, c.entry.clone()))
             .collect()
     }
 
     fn read_entries(&self, start: Bound<u64>, end: Bound<u64>) -> Result<Vec<Entry>, StoreError> {
         // Pending first, then the table: an entry written in between is in the second.
         let mut entries = self.pending_range(start, end);
+        if covers(&entries, start, end) {
+            return Ok(entries.into_values().collect());
+        }
         let txn = self.shared.db.begin_read()?;
         let table = txn.open_table(LOG)?;
         for item in table.range::<u64>((start, end))? {
@@ -321,7 +370,13 @@ impl LogStore {
             .unwrap_or_else(PoisonError::into_inner);
         for entry in entries {
             rows.push((entry.log_id, serde_json::to_vec(&entry)?));
-            pending.insert(entry.log_id.index, entry);
+            pending.insert(
+                entry.log_id.index,
+                Cached {
+                    entry,
+                    written: false,
+                },
+            );
         }
         Ok(rows)
     }
@@ -333,7 +388,7 @@ impl LogStore {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .last_key_value()
-            .map(|(_, e)| e.log_id);
+            .map(|(_, c)| c.entry.log_id);
         let last_purged: Option<LogId> = self.read_meta(LAST_PURGED)?;
         let txn = self.shared.db.begin_read()?;
         let table = txn.open_table(LOG)?;
@@ -456,6 +511,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(index = log_id.index, "purging raft log");
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|k, _| *k > log_id.index);
         let bytes = serde_json::to_vec(&log_id).map_err(|e| write_err(e.into()))?;
         self.send_and_wait(|done| Op::Purge {
             upto: log_id,
