@@ -437,8 +437,9 @@ fn restore(req: &RestoreRequest) -> Result<(i32, u64, Pipes), String> {
 /// Wait for `criu restore` and lift the runtime's network lock where CRIU
 /// would lift its own: CRIU writes the pid file, unlocks the network, then
 /// resumes the tasks (criu/cr-restore.c, `restore_root_task`), so the pid
-/// file's appearance is the moment. The unlock (~10 ms of kernel time) then
-/// overlaps CRIU's last steps instead of following its exit. After a
+/// file's appearance is the moment. The unlock keeps its netlink socket open
+/// (closing it would wait ~10 ms for the table's destruction), so it costs
+/// about as much as the lock. After a
 /// successful restore the lock is always gone; after a failed one the
 /// runtime removes it (as it removes CRIU's own).
 fn wait_unlocking(
@@ -447,7 +448,7 @@ fn wait_unlocking(
     netns: &Path,
 ) -> std::io::Result<std::process::ExitStatus> {
     let unlock = || {
-        if let Err(e) = crate::netlock::unlock(netns) {
+        if let Err(e) = crate::netlock::unlock_keeping_socket(netns) {
             eprintln!(
                 "flotilla-shim: lifting the network lock of {}: {e}",
                 netns.display()
