@@ -358,25 +358,27 @@ pub fn lock(netns: &Path) -> io::Result<bool> {
 /// closes it when it exits, long after that work is done.
 pub fn unlock_keeping_socket(netns: &Path) -> io::Result<bool> {
     static KEPT: std::sync::Mutex<Vec<OwnedFd>> = std::sync::Mutex::new(Vec::new());
-    match run_keeping(netns, delete_batch()) {
-        Ok(sock) => {
-            KEPT.lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(sock);
-            Ok(true)
-        }
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-        Err(e) => Err(e),
-    }
+    let Some(sock) = delete_table(netns)? else {
+        return Ok(false);
+    };
+    KEPT.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(sock);
+    Ok(true)
 }
 
 /// Lift the lock (delete the table); returns false when there was none.
 /// Closing the socket waits for the table's destruction (see
 /// `unlock_keeping_socket`), so this returns when it is all gone.
 pub fn unlock(netns: &Path) -> io::Result<bool> {
-    match run(netns, delete_batch()) {
-        Ok(()) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+    Ok(delete_table(netns)?.is_some())
+}
+
+/// Delete the lock's table; the socket that did it, or `None` when there was no table.
+fn delete_table(netns: &Path) -> io::Result<Option<OwnedFd>> {
+    match run_keeping(netns, delete_batch()) {
+        Ok(sock) => Ok(Some(sock)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Err(e) => Err(e),
     }
 }
