@@ -162,28 +162,22 @@ fn write_and_report(db: &Database, pending: &Pending, group: Vec<Op>) {
     // replicates only after the leader's flush), and decoding it back from redb for each
     // follower and for the apply cost more than keeping it.
     if result.is_ok() {
-        let written = group
-            .iter()
-            .filter_map(|op| match op {
-                Op::Append { rows, .. } => rows.last().map(|(id, _)| id.index),
-                _ => None,
-            })
-            .max();
         let mut pending = pending.lock().unwrap_or_else(PoisonError::into_inner);
-        for op in &group {
-            if let Op::Append { rows, .. } = op {
-                for (log_id, _) in rows {
-                    // Not if a truncation replaced it meanwhile: the new one is not written.
-                    if let Some(c) = pending
-                        .get_mut(&log_id.index)
-                        .filter(|c| c.entry.log_id == *log_id)
-                    {
-                        c.written = true;
-                    }
-                }
+        let mut last = None;
+        for (log_id, _) in group.iter().flat_map(|op| match op {
+            Op::Append { rows, .. } => rows.as_slice(),
+            _ => &[],
+        }) {
+            last = last.max(Some(log_id.index));
+            // Not if a truncation replaced it meanwhile: the new one is not written.
+            if let Some(c) = pending
+                .get_mut(&log_id.index)
+                .filter(|c| c.entry.log_id == *log_id)
+            {
+                c.written = true;
             }
         }
-        if let Some(last) = written {
+        if let Some(last) = last {
             let keep_from = (last + 1).saturating_sub(KEEP_WRITTEN);
             while pending
                 .first_key_value()

@@ -562,6 +562,23 @@ fn read_until(master: &std::os::fd::OwnedFd, want: &str, deadline: Instant) -> S
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Start an exec with a terminal and take the terminal's master side.
+fn spawn_tty(
+    f: &Fixture,
+    id: &str,
+    opts: &ExecOptions,
+    size: Option<(u16, u16)>,
+) -> (std::process::Child, std::os::fd::OwnedFd) {
+    let (mut cmd, console) = f.rt.exec_tty_command(id, opts, size).unwrap();
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    drop(cmd);
+    let master = console.receive(Duration::from_secs(10)).unwrap();
+    (child, master)
+}
+
 #[test]
 fn live_exec_with_a_terminal() {
     use std::os::fd::AsRawFd;
@@ -577,13 +594,7 @@ fn live_exec_with_a_terminal() {
         env: vec!["PS1=$ ".into()],
         ..Default::default()
     };
-    let (mut cmd, console) = f.rt.exec_tty_command(&id, &opts, Some((33, 111))).unwrap();
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    drop(cmd);
-    let master = console.receive(Duration::from_secs(10)).unwrap();
+    let (mut child, master) = spawn_tty(&f, &id, &opts, Some((33, 111)));
     let deadline = Instant::now() + Duration::from_secs(20);
     let write = |s: &str| {
         // SAFETY: write from a local buffer.
@@ -621,12 +632,7 @@ fn live_exec_with_a_terminal() {
     assert_eq!(st.code(), Some(5));
 
     // Closing the terminal hangs the session up: an interactive shell ends.
-    let (mut cmd, console) = f.rt.exec_tty_command(&id, &opts, None).unwrap();
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null());
-    let mut child = cmd.spawn().unwrap();
-    drop(cmd);
-    let master = console.receive(Duration::from_secs(10)).unwrap();
+    let (mut child, master) = spawn_tty(&f, &id, &opts, None);
     // SAFETY: write from a static buffer.
     unsafe { libc::write(master.as_raw_fd(), b"echo ready\n".as_ptr().cast(), 11) };
     let out = read_until(&master, "ready\r\n", deadline);
@@ -636,45 +642,33 @@ fn live_exec_with_a_terminal() {
     assert!(st.code().is_some_and(|c| c != 0), "{st:?}");
 
     // A failing helper (no such command) says why, and receive() does not hang.
-    let (mut cmd, console) =
-        f.rt.exec_tty_command(
-            &id,
-            &ExecOptions {
-                args: vec!["no-such-cmd".into()],
-                ..Default::default()
-            },
-            None,
-        )
-        .unwrap();
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null());
-    let mut child = cmd.spawn().unwrap();
-    drop(cmd);
-    let master = console.receive(Duration::from_secs(10)).unwrap();
+    let (mut child, master) = spawn_tty(
+        &f,
+        &id,
+        &ExecOptions {
+            args: vec!["no-such-cmd".into()],
+            ..Default::default()
+        },
+        None,
+    );
     let out = read_until(&master, "\u{0}", deadline);
     assert!(out.contains("no-such-cmd"), "{out}");
     assert_eq!(child.wait().unwrap().code(), Some(127));
 
     // A helper killed outright takes its command along: nothing stays in the container.
-    let (mut cmd, console) =
-        f.rt.exec_tty_command(
-            &id,
-            &ExecOptions {
-                args: vec![
-                    "sh".into(),
-                    "-c".into(),
-                    "trap '' TERM HUP; echo up; exec sleep 612".into(),
-                ],
-                ..Default::default()
-            },
-            None,
-        )
-        .unwrap();
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null());
-    let mut child = cmd.spawn().unwrap();
-    drop(cmd);
-    let master = console.receive(Duration::from_secs(10)).unwrap();
+    let (mut child, master) = spawn_tty(
+        &f,
+        &id,
+        &ExecOptions {
+            args: vec![
+                "sh".into(),
+                "-c".into(),
+                "trap '' TERM HUP; echo up; exec sleep 612".into(),
+            ],
+            ..Default::default()
+        },
+        None,
+    );
     let out = read_until(&master, "up", deadline);
     assert!(out.contains("up"), "{out}");
     let ps = |f: &Fixture| {
