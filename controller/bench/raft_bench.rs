@@ -48,6 +48,7 @@ async fn serve(args: &Args) -> Result<()> {
     if let Some(n) = args.max_in_flight {
         config.batching.max_in_flight = n;
     }
+    config.eager_replication = !args.no_eager;
     let net = HttpNetwork::new(None)?;
     let node = ControllerNode::start(config, net.clone(), Arc::new(net)).await?;
     if args.id == 1 && !node.raft().is_initialized().await? {
@@ -88,6 +89,9 @@ struct Args {
     /// controller's).
     #[arg(long)]
     max_in_flight: Option<usize>,
+    /// Replicate only after the leader's own fsync (with --serve; openraft's order).
+    #[arg(long)]
+    no_eager: bool,
     /// Value size in bytes.
     #[arg(long, default_value_t = 64)]
     value_size: usize,

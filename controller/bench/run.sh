@@ -4,6 +4,7 @@
 #
 #   controller/bench/run.sh [SECONDS_PER_POINT] [CONCURRENCY...]     (default: 10 s; 1 16 64)
 #   MAX_IN_FLIGHT=N controller/bench/run.sh ...   (the leader's group-commit slots; default 2)
+#   NO_EAGER=1 controller/bench/run.sh ...        (replicate only after the leader's fsync)
 #
 # Both clusters run at once (the idle one only heartbeats); the points alternate between the
 # two systems so that background load on the machine hits both alike. Writes go to the leader.
@@ -37,7 +38,7 @@ for i in 1 2 3; do F_RAFT[$i]=127.0.0.1:$(port); done
 MEMBERS="1=${F_RAFT[1]},2=${F_RAFT[2]},3=${F_RAFT[3]}"
 for i in 1 2 3; do
     RUST_LOG=warn "$BENCH" --serve --id "$i" --data-dir "$WORK/f$i" --members "$MEMBERS" \
-        ${MAX_IN_FLIGHT:+--max-in-flight "$MAX_IN_FLIGHT"} 2>"$WORK/f$i.log" &
+        ${MAX_IN_FLIGHT:+--max-in-flight "$MAX_IN_FLIGHT"} ${NO_EAGER:+--no-eager} 2>"$WORK/f$i.log" &
     PIDS+=($!)
 done
 # The leader answers a read-index request; the others answer not_leader.

@@ -19,7 +19,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use flotilla_api::cluster::ControllerAddr;
 use openraft::error::{
@@ -35,6 +35,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
+use crate::append_stream;
 use crate::node::{
     BoxFuture, ControllerNode, PeerRequest, PeerResponse, PeerTransport, TransportError,
 };
@@ -61,6 +62,8 @@ pub enum NetworkSetupError {
 pub struct HttpNetwork {
     client: reqwest::Client,
     scheme: &'static str,
+    /// TLS for the append stream (HTTP/1.1 by ALPN, to upgrade); `None` for plaintext.
+    stream_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl HttpNetwork {
@@ -73,6 +76,11 @@ impl HttpNetwork {
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_millis(500))
             .pool_idle_timeout(Duration::from_secs(30));
+        let stream_tls = tls.as_ref().map(|config| {
+            let mut config = config.clone();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Arc::new(config)
+        });
         let (builder, scheme) = match tls {
             Some(config) => (builder.tls_backend_preconfigured(config), "https"),
             None => (builder.http2_prior_knowledge(), "http"),
@@ -80,17 +88,12 @@ impl HttpNetwork {
         Ok(Self {
             client: builder.build().map_err(NetworkSetupError::Client)?,
             scheme,
+            stream_tls,
         })
     }
 
     fn url(&self, addr: &str, path: &str) -> String {
         format!("{}://{addr}{path}", self.scheme)
-    }
-
-    /// Parsed once per peer connection: reqwest would otherwise parse (and IDNA-check) the
-    /// URL string on every RPC.
-    fn parsed_url(&self, addr: &str, path: &str) -> Option<reqwest::Url> {
-        reqwest::Url::parse(&self.url(addr, path)).ok()
     }
 }
 
@@ -162,8 +165,9 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
         HttpConnection {
             net: self.clone(),
             target,
-            append_url: self.parsed_url(&node.raft_addr, "/raft/append"),
             addr: node.raft_addr.clone(),
+            stream: None,
+            buf: Vec::new(),
         }
     }
 }
@@ -173,9 +177,10 @@ pub struct HttpConnection {
     net: HttpNetwork,
     target: NodeId,
     addr: String,
-    /// `/raft/append` on the peer, parsed once (`None` if the address does not parse: the
-    /// string path then reports the error per request).
-    append_url: Option<reqwest::Url>,
+    /// The append stream to the peer, opened on first use and dropped on any error.
+    stream: Option<append_stream::Stream>,
+    /// Frame buffer, reused.
+    buf: Vec<u8>,
 }
 
 type RpcResult<T, E = RaftError<NodeId>> = Result<T, RPCError<NodeId, ControllerAddr, E>>;
@@ -192,30 +197,90 @@ impl HttpConnection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let res: Result<Result<Resp, E>, TransportError> = match &self.append_url {
-            Some(url) if path == "/raft/append" => {
-                post_json(
-                    &self.net.client,
-                    self.target,
-                    url.clone(),
-                    req,
-                    option.hard_ttl(),
-                )
-                .await
+        let url = self.net.url(&self.addr, path);
+        let res = post_json(&self.net.client, self.target, url, req, option.hard_ttl()).await;
+        rpc_result(self.target, res)
+    }
+
+    /// One AppendEntries over the append stream; a reused stream that fails is replaced once
+    /// (the peer may have restarted; a repeated AppendEntries is harmless).
+    async fn append_over_stream(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        ttl: Duration,
+    ) -> Result<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>, TransportError> {
+        let body = serde_json::to_vec(rpc).map_err(|e| TransportError::Decode {
+            target: self.target,
+            source: Box::new(e),
+        })?;
+        let target = self.target;
+        let attempt = async {
+            loop {
+                let reused = self.stream.is_some();
+                let stream = match &mut self.stream {
+                    Some(s) => s,
+                    None => {
+                        let s = append_stream::connect(&self.addr, self.net.stream_tls.as_ref())
+                            .await
+                            .map_err(|e| TransportError::Unreachable {
+                                target,
+                                source: Box::new(e),
+                            })?;
+                        self.stream.insert(s)
+                    }
+                };
+                let exchanged = async {
+                    append_stream::write_frame(stream, &body).await?;
+                    if append_stream::read_frame(stream, &mut self.buf).await? {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
+                    }
+                }
+                .await;
+                match exchanged {
+                    Ok(()) => break,
+                    Err(e) => {
+                        self.stream = None;
+                        if !reused {
+                            return Err(TransportError::Unreachable {
+                                target,
+                                source: Box::new(e),
+                            });
+                        }
+                        tracing::debug!(target_id = target, error = %e, "append stream broke, reconnecting");
+                    }
+                }
             }
-            _ => {
-                let url = self.net.url(&self.addr, path);
-                post_json(&self.net.client, self.target, url, req, option.hard_ttl()).await
-            }
+            serde_json::from_slice(&self.buf).map_err(|e| TransportError::Decode {
+                target,
+                source: Box::new(e),
+            })
         };
-        match res {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
-            Err(e @ (TransportError::Unreachable { .. } | TransportError::Timeout { .. })) => {
-                Err(RPCError::Unreachable(Unreachable::new(&e)))
+        match tokio::time::timeout(ttl, attempt).await {
+            Ok(r) => r,
+            Err(_) => {
+                // Mid-exchange: what the stream holds next is unknown.
+                self.stream = None;
+                Err(TransportError::Timeout { target })
             }
-            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
         }
+    }
+}
+
+// The error type is openraft's, fixed by the `RaftNetwork` trait.
+#[allow(clippy::result_large_err)]
+fn rpc_result<Resp, E: std::error::Error>(
+    target: NodeId,
+    res: Result<Result<Resp, E>, TransportError>,
+) -> RpcResult<Resp, E> {
+    match res {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(target, remote))),
+        Err(e @ (TransportError::Unreachable { .. } | TransportError::Timeout { .. })) => {
+            Err(RPCError::Unreachable(Unreachable::new(&e)))
+        }
+        Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
     }
 }
 
@@ -248,7 +313,8 @@ impl RaftNetwork<TypeConfig> for HttpConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        self.rpc("/raft/append", &rpc, &option).await
+        let res = self.append_over_stream(&rpc, option.hard_ttl()).await;
+        rpc_result(self.target, res)
     }
 
     async fn vote(
@@ -329,6 +395,7 @@ type Node = Arc<ControllerNode>;
 pub fn raft_router(node: Node) -> Router {
     Router::new()
         .route("/raft/append", post(append))
+        .route(append_stream::PATH, get(append_stream_upgrade))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
         .route("/raft/snapshot-chunk", post(snapshot_chunk))
@@ -342,6 +409,58 @@ async fn append(
     Json(rpc): Json<AppendEntriesRequest<TypeConfig>>,
 ) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
     Json(node.raft().append_entries(rpc).await)
+}
+
+/// Upgrade to the append stream and serve it until the peer closes it.
+async fn append_stream_upgrade(State(node): State<Node>, req: axum::extract::Request) -> Response {
+    use axum::http::header::{CONNECTION, UPGRADE};
+    if req.headers().get(UPGRADE).and_then(|v| v.to_str().ok()) != Some(append_stream::PROTOCOL) {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("expected an upgrade to {}", append_stream::PROTOCOL),
+        )
+            .into_response();
+    }
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let io = match on_upgrade.await {
+            Ok(upgraded) => hyper_util::rt::TokioIo::new(upgraded),
+            Err(e) => {
+                tracing::debug!(error = %e, "append stream upgrade failed");
+                return;
+            }
+        };
+        if let Err(e) = serve_append_stream(&node, io).await {
+            tracing::debug!(error = %e, "append stream ended with an error");
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(CONNECTION, "upgrade")
+        .header(UPGRADE, append_stream::PROTOCOL)
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+async fn serve_append_stream<S>(node: &ControllerNode, io: S) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut io = tokio::io::BufReader::new(io);
+    let mut buf = Vec::new();
+    while append_stream::read_frame(&mut io, &mut buf).await? {
+        let rpc: AppendEntriesRequest<TypeConfig> = serde_json::from_slice(&buf)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        let result = node.raft().append_entries(rpc).await;
+        let reply = serde_json::to_vec(&result).map_err(std::io::Error::other)?;
+        append_stream::write_frame(&mut io, &reply).await?;
+        if let Err(RaftError::Fatal(_)) = result {
+            // This Raft has stopped: close, so the peer reconnects to whatever serves the
+            // address next (a restarted controller) instead of talking to this one forever.
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 async fn vote(

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,7 @@ use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{BatchConfig, Batcher, Submitted};
+use crate::eager;
 use crate::raft::types::{NodeId, Raft, RaftMetrics, TypeConfig};
 use crate::state::ClusterState;
 use crate::store::{self, SmData, StoreError};
@@ -68,6 +70,8 @@ pub struct ControllerConfig {
     pub request_timeout: Duration,
     /// How the leader groups concurrent writes into one entry (`batch`).
     pub batching: BatchConfig,
+    /// Send new entries to followers while the leader's own fsync runs (`eager`).
+    pub eager_replication: bool,
 }
 
 impl ControllerConfig {
@@ -80,6 +84,7 @@ impl ControllerConfig {
             timings: RaftTimings::default(),
             request_timeout: Duration::from_secs(5),
             batching: BatchConfig::default(),
+            eager_replication: true,
         }
     }
 
@@ -209,6 +214,8 @@ pub struct ControllerNode {
     peers: Arc<dyn PeerTransport>,
     request_timeout: Duration,
     election_max: Duration,
+    /// Early appends followers accepted (`eager`).
+    eager_accepted: Arc<AtomicU64>,
 }
 
 impl ControllerNode {
@@ -220,7 +227,7 @@ impl ControllerNode {
         peers: Arc<dyn PeerTransport>,
     ) -> Result<Arc<Self>, ControllerError>
     where
-        N: RaftNetworkFactory<TypeConfig>,
+        N: RaftNetworkFactory<TypeConfig> + Clone,
     {
         let raft_config = Arc::new(config.raft_config()?);
         let data_dir = config.data_dir.clone();
@@ -228,7 +235,15 @@ impl ControllerNode {
             .await
             .map_err(StoreError::from)??;
         let sm_data = sm.data();
-        let raft = Raft::new(config.id, raft_config, network, log, sm).await?;
+        let log_handle = log.clone();
+        let raft = Raft::new(config.id, raft_config, network.clone(), log, sm).await?;
+        let eager_accepted = if config.eager_replication {
+            let (tx, accepted) = eager::start(config.id, &raft, network);
+            log_handle.attach_eager(config.id, tx);
+            accepted
+        } else {
+            Arc::default()
+        };
         let node = Arc::new(Self {
             id: config.id,
             addr: config.addr.clone(),
@@ -239,6 +254,7 @@ impl ControllerNode {
             peers,
             request_timeout: config.request_timeout,
             election_max: Duration::from_millis(config.timings.election_max_ms),
+            eager_accepted,
         });
         if config.bootstrap && !node.raft.is_initialized().await? {
             let members = BTreeMap::from([(config.id, config.addr.clone())]);
@@ -270,6 +286,12 @@ impl ControllerNode {
     /// The openraft handle, for the Raft RPC server and tests.
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// How many early appends (`eager`) followers have accepted from this controller.
+    pub fn eager_appends_accepted(&self) -> u64 {
+        self.eager_accepted
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn metrics(&self) -> RaftMetrics {

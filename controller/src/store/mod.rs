@@ -13,7 +13,8 @@
 //! Durability: log appends, truncation, purge and the vote commit with
 //! `Durability::Immediate` (fsync) before openraft is told they are done; they go through one
 //! writer thread that commits whatever is queued as one group (see `log`). The committed index
-//! is not acknowledged and waits for the next group. Applies touch memory only; the `sm` tables
+//! is not acknowledged and rides with a later group, at most once a second (a stale one only
+//! means re-applying less before the leader reports the commit). Applies touch memory only; the `sm` tables
 //! and `snapshot` are replaced together, durably, when a snapshot is built or installed, so the
 //! state machine on disk is exactly the last snapshot. After a crash the state machine starts
 //! there and openraft re-applies the committed entries after it (`save_committed` is
@@ -120,7 +121,7 @@ pub fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError
     txn.commit()?;
     let sm = StateMachineStore::load(Arc::new(sm_db))?;
     let db = Arc::new(log_db);
-    Ok((LogStore::new(db), sm))
+    Ok((LogStore::new(db)?, sm))
 }
 
 /// Run redb work on the blocking pool.
