@@ -84,6 +84,9 @@ struct Cached {
 
 type Pending = Arc<Mutex<BTreeMap<u64, Cached>>>;
 
+/// The latest committed index not yet written (encoded).
+type Committed = Arc<Mutex<Option<Vec<u8>>>>;
+
 struct Shared {
     db: Arc<Database>,
     /// The vote as last made durable (what an early send may claim, see `eager`).
@@ -92,6 +95,7 @@ struct Shared {
     eager: Mutex<Option<(NodeId, EagerSender)>>,
     /// Entries queued for writing, readable until their commit is done.
     pending: Pending,
+    committed: Committed,
     tx: Mutex<Option<mpsc::Sender<Op>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -121,45 +125,40 @@ pub struct LogStore {
     shared: Arc<Shared>,
 }
 
-fn writer(db: Arc<Database>, pending: Pending, rx: mpsc::Receiver<Op>) {
-    // Unacknowledged metadata (the committed index) waits here, latest value per key, and is
-    // written with a group that is written anyway at most every `META_EVERY` (or when a
-    // `Flush` asks): each write of it adds a page to that group's fsync, on every member.
-    let mut deferred: BTreeMap<&'static str, Op> = BTreeMap::new();
+fn writer(db: Arc<Database>, pending: Pending, committed: Committed, rx: mpsc::Receiver<Op>) {
+    // The committed index is not sent here: `save_committed` leaves its latest value in
+    // `committed` (no thread wake per commit), and it is written with a group that is written
+    // anyway, at most every `META_EVERY` (or when a `Flush` asks): each write of it adds a page
+    // to that group's fsync, on every member.
+    let take_committed = || {
+        lock(&committed).take().map(|bytes| Op::Meta {
+            key: COMMITTED,
+            bytes,
+            done: None,
+        })
+    };
     let mut meta_written = std::time::Instant::now();
     while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
+        let mut ops = vec![first];
+        while ops.len() < MAX_GROUP {
             match rx.try_recv() {
-                Ok(op) => group.push(op),
+                Ok(op) => ops.push(op),
                 Err(_) => break,
             }
         }
-        let mut ops = Vec::with_capacity(group.len());
-        for op in group {
-            match op {
-                Op::Meta {
-                    key, done: None, ..
-                } => {
-                    deferred.insert(key, op);
-                }
-                op => ops.push(op),
-            }
-        }
-        if ops.is_empty() {
-            continue;
-        }
         let flush = ops.iter().any(|op| matches!(op, Op::Flush { .. }));
-        if !deferred.is_empty() && (flush || meta_written.elapsed() >= META_EVERY) {
-            // Older than the ops of this group, and no op of it writes the same key.
-            ops.splice(0..0, std::mem::take(&mut deferred).into_values());
-            meta_written = std::time::Instant::now();
+        if flush || meta_written.elapsed() >= META_EVERY {
+            // Saved before the ops of this group were queued; none of them writes this key.
+            if let Some(op) = take_committed() {
+                ops.insert(0, op);
+                meta_written = std::time::Instant::now();
+            }
         }
         write_and_report(&db, &pending, ops);
     }
-    // Closed: write what is still deferred (a clean shutdown keeps the committed index).
-    if !deferred.is_empty() {
-        write_and_report(&db, &pending, deferred.into_values().collect());
+    // Closed: a clean shutdown keeps the committed index.
+    if let Some(op) = take_committed() {
+        write_and_report(&db, &pending, vec![op]);
     }
 }
 
@@ -281,11 +280,12 @@ impl LogStore {
     pub(super) fn new(db: Arc<Database>) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel();
         let pending: Pending = Arc::default();
+        let committed: Committed = Arc::default();
         let thread = {
-            let (db, pending) = (db.clone(), pending.clone());
+            let (db, pending, committed) = (db.clone(), pending.clone(), committed.clone());
             std::thread::Builder::new()
                 .name("raft-log-writer".into())
-                .spawn(move || writer(db, pending, rx))
+                .spawn(move || writer(db, pending, committed, rx))
                 .expect("spawn the raft log writer thread")
         };
         let store = Self {
@@ -294,6 +294,7 @@ impl LogStore {
                 saved_vote: Mutex::new(None),
                 eager: Mutex::new(None),
                 pending,
+                committed,
                 tx: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(thread)),
             }),
@@ -527,15 +528,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Queued, not awaited and not fsynced on its own: losing it only means re-applying
-        // less on restart; a later group writes it (at most once a second, see `writer`).
+        // Not awaited and not fsynced on its own: losing it only means re-applying less on
+        // restart; a later group writes it (at most once a second, see `writer`).
         let bytes = serde_json::to_vec(&committed).map_err(|e| write_err(e.into()))?;
-        self.send(Op::Meta {
-            key: COMMITTED,
-            bytes,
-            done: None,
-        })
-        .map_err(write_err)
+        *lock(&self.shared.committed) = Some(bytes);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
