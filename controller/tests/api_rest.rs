@@ -1234,6 +1234,109 @@ async fn api_sse_watch_delivers_puts_deletes_and_events() -> Result<()> {
     Ok(())
 }
 
+/// One entry can change several objects at one revision; a client that saw only part of that
+/// revision resumes with the last event id it saw and gets the rest of the revision, not just
+/// what came after it. A plain revision number still means "all of it seen", and an id that is
+/// neither is refused naming the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_sse_resume_mid_revision_delivers_the_rest_of_it() -> Result<()> {
+    use flotilla_api::cluster::{Command, CommandBatch, PutWorkload, WorkloadSpec};
+    let api = api().await?;
+    let put = |name: &str| {
+        Command::PutWorkload(PutWorkload {
+            spec: WorkloadSpec {
+                name: name.into(),
+                image: "x".into(),
+                ..Default::default()
+            },
+            expect_revision: None,
+            at_ms: now_ms(),
+        })
+    };
+    // One entry, as the leader's group commit makes them (proposed as such directly).
+    let written = api
+        .cluster
+        .node(1)
+        .raft()
+        .client_write(flotilla_api::cluster::VersionedCommand::new(
+            Command::Batch(CommandBatch {
+                commands: vec![put("a"), put("b"), put("c")],
+            }),
+        ))
+        .await?;
+    let rev = written.log_id.index;
+    for name in ["a", "b", "c"] {
+        let w = api.get(&format!("/v1/workloads/{name}")).await?;
+        ensure!(w.body["revision"] == rev, "{name}: {}", w.body);
+    }
+    let later = api
+        .json(Method::PUT, "/v1/workloads/d", &[], json!({"image": "y"}))
+        .await?;
+    let later_rev = later.body["revision"].as_u64().context("revision")?;
+
+    // Read what a stream sends after `last_id`, up to the event for `until`.
+    let read = async |last_id: &str, until: &str| -> Result<(StatusCode, String)> {
+        let resp = api
+            .router
+            .clone()
+            .oneshot(
+                Request::get("/v1/watch?kind=workload")
+                    .header("authorization", &api.bearer)
+                    .header("last-event-id", last_id)
+                    .body(Body::empty())?,
+            )
+            .await?;
+        let status = resp.status();
+        let mut body = resp.into_body().into_data_stream();
+        use futures_util::StreamExt;
+        let mut text = String::new();
+        while status == StatusCode::OK && !text.contains(until) {
+            let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
+                .await
+                .with_context(|| format!("no {until:?} in {text:?}"))?
+                .context("stream ended")??;
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        if status != StatusCode::OK {
+            while let Some(chunk) = body.next().await {
+                text.push_str(&String::from_utf8_lossy(&chunk?));
+            }
+        }
+        Ok((status, text))
+    };
+    let keys = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|v| v["key"].as_str().map(str::to_owned))
+            .collect()
+    };
+    // From before the entry: all of it, in key order, each with its own id.
+    let (_, text) = read(&(rev - 1).to_string(), "\"key\":\"d\"").await?;
+    ensure!(keys(&text) == ["a", "b", "c", "d"], "{text}");
+    let id_of_a = format!("{rev}:0:workload/a");
+    ensure!(text.contains(&format!("id: {id_of_a}\n")), "{text}");
+    // After `a` only: the rest of the revision, then the next one.
+    let (_, text) = read(&id_of_a, "\"key\":\"d\"").await?;
+    ensure!(keys(&text) == ["b", "c", "d"], "{text}");
+    // After the whole revision.
+    let (_, text) = read(&rev.to_string(), "\"key\":\"d\"").await?;
+    ensure!(keys(&text) == ["d"], "{text}");
+    ensure!(
+        text.contains(&format!("id: {later_rev}:0:workload/d")),
+        "{text}"
+    );
+    // Not an id of this stream.
+    for bad in ["abc", "5:7:x", "5:0:"] {
+        let (status, text) = read(bad, "").await?;
+        ensure!(
+            status == StatusCode::BAD_REQUEST && text.contains("Last-Event-ID"),
+            "{bad}: {status} {text}"
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_cluster_endpoints_answer() -> Result<()> {
     let api = api().await?;

@@ -10,8 +10,12 @@
 //!
 //! **SSE** (`/v1/watch?from=N[&kind=workload]`): first every object whose revision is above
 //! `N` (`put`) and every cluster event above `N` (`event`); then, at every applied change,
-//! the difference to the previous state (`put`, `delete`). The SSE id is the revision, and a
-//! reconnecting client's `Last-Event-ID` replaces `from`. Changes that happen between two
+//! the difference to the previous state (`put`, `delete`). Events go out in one order (revision,
+//! then objects by `kind/id`, then cluster events by sequence number), and the SSE id names an
+//! event's place in it: `<revision>:0:<kind>/<id>` or `<revision>:1:<seq>`. A reconnecting
+//! client's `Last-Event-ID` replaces `from` and resumes right after that event, so the rest of
+//! a revision it saw only part of (one entry can change many objects) is not lost; a plain
+//! revision number resumes after the whole revision. Changes that happen between two
 //! looks coalesce (a put then a delete shows as the delete); deletions before the stream
 //! started are not replayed.
 
@@ -214,12 +218,13 @@ impl Watcher {
         }
     }
 
-    /// The watch events between the known state and `look`, oldest revision first.
-    fn diff(&mut self, look: Look, from: Option<u64>) -> Vec<WatchEvent> {
+    /// The watch events between the known state and `look`, in stream order (see the module
+    /// doc): after `from` when given, else what changed since the last look.
+    fn diff(&mut self, look: Look, from: Option<&Resume>) -> Vec<WatchEvent> {
         let mut out = Vec::new();
         for (key, (rev, obj)) in &look.objects {
             let newer = match from {
-                Some(f) => *rev > f,
+                Some(f) => f.precedes(&Place::object(*rev, key)),
                 None => self.known.get(key) != Some(rev),
             };
             if newer {
@@ -253,7 +258,7 @@ impl Watcher {
             }
         }
         for e in &look.events {
-            if from.is_none_or(|f| e.revision > f) {
+            if from.is_none_or(|f| f.precedes(&Place::event(e.revision, e.seq))) {
                 out.push(WatchEvent {
                     type_: WatchEventType::Event,
                     kind: "event".to_owned(),
@@ -263,7 +268,7 @@ impl Watcher {
                 });
             }
         }
-        out.sort_by_key(|e| e.revision);
+        out.sort_by_cached_key(place_of);
         self.known = look
             .objects
             .iter()
@@ -291,6 +296,83 @@ impl Watcher {
     }
 }
 
+/// An event's place in the stream order: revision, objects (0) before cluster events (1), then
+/// `kind/id` or the zero-padded sequence number. Its text form is the SSE id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Place {
+    revision: u64,
+    class: u8,
+    sub: String,
+}
+
+impl Place {
+    fn object(revision: u64, key: &ObjectKey) -> Self {
+        Self {
+            revision,
+            class: 0,
+            sub: format!("{}/{}", kind_of(key), id_of(key)),
+        }
+    }
+
+    fn event(revision: u64, seq: u64) -> Self {
+        Self {
+            revision,
+            class: 1,
+            sub: format!("{seq:020}"),
+        }
+    }
+
+    fn id(&self) -> String {
+        format!("{}:{}:{}", self.revision, self.class, self.sub)
+    }
+}
+
+fn place_of(e: &WatchEvent) -> Place {
+    match e.type_ {
+        WatchEventType::Event => Place::event(e.revision, e.key.parse().unwrap_or(0)),
+        WatchEventType::Put | WatchEventType::Delete => Place {
+            revision: e.revision,
+            class: 0,
+            sub: format!("{}/{}", e.kind, e.key),
+        },
+    }
+}
+
+/// Where a stream starts: after a whole revision (`from`, or a numeric `Last-Event-ID`), or
+/// right after one event (an id this stream sent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Resume {
+    AfterRevision(u64),
+    After(Place),
+}
+
+impl Resume {
+    /// Parse a `Last-Event-ID`.
+    fn parse(id: &str) -> Option<Self> {
+        let id = id.trim();
+        if let Ok(r) = id.parse::<u64>() {
+            return Some(Self::AfterRevision(r));
+        }
+        let mut parts = id.splitn(3, ':');
+        let revision = parts.next()?.parse().ok()?;
+        let class = parts.next()?.parse().ok().filter(|c| *c <= 1)?;
+        let sub = parts.next().filter(|s| !s.is_empty())?.to_owned();
+        Some(Self::After(Place {
+            revision,
+            class,
+            sub,
+        }))
+    }
+
+    /// Whether the event at `place` comes after this starting point.
+    fn precedes(&self, place: &Place) -> bool {
+        match self {
+            Self::AfterRevision(r) => place.revision > *r,
+            Self::After(p) => place > p,
+        }
+    }
+}
+
 fn to_sse(e: &WatchEvent) -> SseEvent {
     let name = match e.type_ {
         WatchEventType::Put => "put",
@@ -299,14 +381,14 @@ fn to_sse(e: &WatchEvent) -> SseEvent {
     };
     SseEvent::default()
         .event(name)
-        .id(e.revision.to_string())
+        .id(place_of(e).id())
         .json_data(e)
         .unwrap_or_else(|_| SseEvent::default().comment("unencodable event"))
 }
 
 /// Stream changes as server-sent events (`put`, `delete`, `event`; data: `WatchEvent`).
 #[utoipa::path(get, path = "/v1/watch", tag = "watch", params(WatchQuery,
-        ("Last-Event-ID" = Option<String>, Header, description = "resume after this revision (replaces from)")),
+        ("Last-Event-ID" = Option<String>, Header, description = "resume right after this event (an id the stream sent), or after this whole revision (a number); replaces from")),
     responses(
         (status = 200, description = "text/event-stream of WatchEvent", content_type = "text/event-stream", body = WatchEvent),
         (status = "4XX", description = "the request is refused (problem document naming the field)", body = Problem, content_type = "application/problem+json"),
@@ -326,12 +408,12 @@ async fn watch(
         }
     }
     let last_id = match headers.get("last-event-id") {
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or_else(|| ApiError::bad_request("Last-Event-ID", "not a revision number"))?,
-        ),
+        Some(v) => Some(v.to_str().ok().and_then(Resume::parse).ok_or_else(|| {
+            ApiError::bad_request(
+                "Last-Event-ID",
+                "neither a revision number nor an event id of this stream (revision:class:key)",
+            )
+        })?),
         None => None,
     };
     st.sync(q.stale).await?;
@@ -345,9 +427,9 @@ async fn watch(
     };
     let look = w.look();
     w.seen_index = look.index;
-    let from = last_id.or(q.from).unwrap_or(look.index);
-    let first = w.diff(look, Some(from));
-    tracing::debug!(from, kind = ?q.kind, initial = first.len(), "watch started");
+    let from = last_id.unwrap_or(Resume::AfterRevision(q.from.unwrap_or(look.index)));
+    let first = w.diff(look, Some(&from));
+    tracing::debug!(?from, kind = ?q.kind, initial = first.len(), "watch started");
     let rest = stream::unfold(w, |mut w| async move {
         let batch = w.next_batch().await?;
         Some((batch, w))
@@ -359,4 +441,30 @@ async fn watch(
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_round_trip_and_order_the_stream() {
+        let a = Place::object(7, &ObjectKey::Workload("a".into()));
+        let b = Place::object(7, &ObjectKey::Workload("b".into()));
+        let e = Place::event(7, 12);
+        let next = Place::object(8, &ObjectKey::Node("n:1".into()));
+        assert!(a < b && b < e && e < next);
+        for p in [&a, &b, &e, &next] {
+            assert_eq!(Resume::parse(&p.id()), Some(Resume::After(p.clone())));
+        }
+        // Resuming after `a` keeps the rest of revision 7.
+        let after_a = Resume::After(a.clone());
+        assert!(!after_a.precedes(&a) && after_a.precedes(&b) && after_a.precedes(&e));
+        // A plain revision means the whole revision was seen.
+        let after_7 = Resume::parse("7").unwrap();
+        assert!(!after_7.precedes(&b) && !after_7.precedes(&e) && after_7.precedes(&next));
+        for bad in ["", "x", "7:", "7:2:x", "7:0:", "-1", "7:a:b"] {
+            assert_eq!(Resume::parse(bad), None, "{bad:?}");
+        }
+    }
 }
