@@ -158,7 +158,8 @@ async fn fan_out<N>(
         let progress: Vec<(NodeId, Option<u64>)> =
             voters.iter().map(|(id, _, m)| (*id, *m)).collect();
         let targets = choose_targets(me, &progress, first_index);
-        followers.retain(|id, _| targets.contains(id));
+        // Connections stay while the node is a voter: the target may move between followers.
+        followers.retain(|id, _| voters.iter().any(|(v, _, _)| v == id));
         for (id, addr, _) in voters {
             let Some(addr) = addr.filter(|_| targets.contains(&id)) else {
                 continue;
